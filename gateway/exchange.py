@@ -1,0 +1,68 @@
+"""The per-request context that flows through the stages, and the stage types.
+
+A request passes named stages in one visible list (see :mod:`gateway.server`);
+each stage is ``async def stage(ex, call_next) -> StreamResponse``. The chain
+is folded once at start-up, from the last stage backwards, so the per-request
+cost is one call per stage.
+
+An :class:`Exchange` pins the :class:`~gateway.runtime.Runtime` it started
+with: a reload swaps the server's runtime, and requests in flight finish on the
+rules and routes they began with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway.types import Principal
+
+if TYPE_CHECKING:
+    from gateway.runtime import RouteRuntime, Runtime
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    request: web.BaseRequest
+    runtime: Runtime
+    request_id: str
+    started: float
+    client_ip: str
+    # Filled by the stages as they learn more; read by audit and metrics.
+    path: str | None = None  # normalised, without query
+    query: str = ""
+    route: RouteRuntime | None = None
+    principal: Principal | None = None
+    decision: str = "allow"
+    reason: str | None = None
+    upstream_status: int | None = None
+    upstream_ms: float | None = None
+    records: int = 0
+    entities: list[str] = field(default_factory=list)
+
+    def deny(self, decision: str, reason: str) -> None:
+        self.decision = decision
+        self.reason = reason
+
+
+Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
+Stage = Callable[[Exchange, Handler], Awaitable[web.StreamResponse]]
+
+
+def fold(stages: Sequence[Stage], endpoint: Handler) -> Handler:
+    """Compose ``stages`` around ``endpoint``: the first stage runs first."""
+    handler = endpoint
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
+
+
+def _bind(stage: Stage, call_next: Handler) -> Handler:
+    async def handler(ex: Exchange) -> web.StreamResponse:
+        return await stage(ex, call_next)
+
+    handler.__name__ = getattr(stage, "__name__", "stage")
+    return handler

@@ -1,0 +1,192 @@
+"""The forward endpoint: send the authorised request upstream and relay the answer.
+
+Theory of operation:
+
+- The upstream URL is the upstream's base URL + the *normalised* path + the raw
+  query, built without re-encoding, so the upstream receives exactly the path
+  that was matched and authorised.
+- Request bodies are streamed, never buffered whole: a declared
+  ``Content-Length`` over the cap is refused with 413 before the upstream is
+  contacted; a chunked body is counted as it streams and the upstream request
+  is aborted at the cap (413). A stalled body is cut off after ``body_timeout``.
+- Routes without a policy stream the response back as received (status,
+  headers minus hop-by-hop, body bytes including their Content-Encoding).
+  Routes with a policy hand the response to the body filter, which buffers,
+  checks and rewrites it (:mod:`gateway.bodyfilter`), or fails closed.
+- Connection errors answer 502, timeouts 504; neither reveals upstream
+  addresses or exception text. An upstream failing after the response has
+  started aborts the client connection rather than sending a body that looks
+  complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.exchange import Exchange
+from gateway.headers import client_response_headers, upstream_request_headers
+from gateway.problem import problem
+
+log = logging.getLogger("gateway.proxy")
+
+_HOST_RE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+def gateway_origin(ex: Exchange) -> str:
+    """The gateway's own origin as the caller addressed it ("" when Host is unusable)."""
+    host = ex.request.headers.get("Host", "")
+    if not host or not set(host) <= _HOST_RE_CHARS:
+        return ""
+    return f"{ex.request.scheme}://{host}"
+
+
+def upstream_url(ex: Exchange) -> URL:
+    assert ex.route is not None and ex.path is not None
+    up = ex.route.upstream
+    return URL.build(
+        scheme=up.url.scheme,
+        host=up.url.raw_host or "",
+        port=up.url.explicit_port,
+        path=up.base_path + ex.path,
+        query_string=ex.query,
+        encoded=True,
+    )
+
+
+def _has_body(request: web.BaseRequest) -> bool:
+    return request.content_length not in (None, 0) or "Transfer-Encoding" in request.headers
+
+
+async def _stream_request_body(
+    request: web.BaseRequest, cap: int, timeout: float
+) -> AsyncIterator[bytes]:
+    sent = 0
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise BodyTimeout from None
+        if not chunk:
+            return
+        sent += len(chunk)
+        if sent > cap:
+            raise BodyTooLarge
+        yield chunk
+
+
+def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
+    assert ex.route is not None
+    cfg = ex.runtime.config
+    own: list[tuple[str, str]] = [(cfg.request_id_header, ex.request_id)]
+    own.extend(ex.route.upstream.config.headers.items())
+    headers = upstream_request_headers(
+        ex.request.headers,
+        client_ip=ex.client_ip,
+        forwarded_for=None,
+        proto=ex.request.scheme,
+        host=ex.request.headers.get("Host"),
+        set_headers=own,
+    )
+    if not ex.route.config.forward_token:
+        headers.popall("Authorization", None)
+    return headers
+
+
+async def forward(ex: Exchange) -> web.StreamResponse:
+    assert ex.route is not None
+    request = ex.request
+    limits = ex.runtime.config.limits
+    if request.content_length is not None and request.content_length > limits.max_request_body:
+        ex.deny("deny_policy", "request_too_large")
+        return problem(413, ex.request_id, "The request body is too large.")
+    body = (
+        _stream_request_body(request, limits.max_request_body, limits.body_timeout)
+        if _has_body(request)
+        else None
+    )
+    session = ex.route.upstream.session
+    t0 = time.perf_counter()
+    try:
+        upstream = await session.request(
+            request.method,
+            upstream_url(ex),
+            headers=upstream_headers(ex),
+            data=body,
+            allow_redirects=False,
+        )
+    except BodyTooLarge:
+        ex.deny("deny_policy", "request_too_large")
+        return problem(413, ex.request_id, "The request body is too large.")
+    except BodyTimeout:
+        ex.deny("deny_policy", "request_body_timeout")
+        return problem(408, ex.request_id, "The request body was not received in time.")
+    except TimeoutError:
+        ex.deny("upstream_error", "upstream_timeout")
+        return problem(504, ex.request_id, "The upstream service did not answer in time.")
+    except (aiohttp.ClientError, OSError) as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, BodyTooLarge):
+            ex.deny("deny_policy", "request_too_large")
+            return problem(413, ex.request_id, "The request body is too large.")
+        if isinstance(cause, BodyTimeout):
+            ex.deny("deny_policy", "request_body_timeout")
+            return problem(408, ex.request_id, "The request body was not received in time.")
+        log.warning("upstream %s unreachable: %s", ex.route.upstream.name, type(exc).__name__)
+        ex.deny("upstream_error", "upstream_unreachable")
+        return problem(502, ex.request_id, "The upstream service is unavailable.")
+    try:
+        ex.upstream_status = upstream.status
+        ex.upstream_ms = (time.perf_counter() - t0) * 1000
+        if ex.route.policy is not None:
+            from gateway.bodyfilter import filter_response
+
+            return await filter_response(ex, upstream)
+        return await _relay(ex, upstream)
+    finally:
+        upstream.release()
+
+
+async def _relay(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Stream an upstream response to the caller unchanged (routes without a policy)."""
+    assert ex.route is not None
+    headers = client_response_headers(
+        upstream.headers, upstream_url=ex.route.upstream.url, gateway_origin=gateway_origin(ex)
+    )
+    headers.popall("Content-Length", None)
+    headers[ex.runtime.config.request_id_header] = ex.request_id
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
+        resp.content_length = upstream.content_length
+    await resp.prepare(ex.request)
+    if ex.request.method == "HEAD":
+        await resp.write_eof()
+        return resp
+    try:
+        async for chunk in upstream.content.iter_any():
+            await resp.write(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # The caller already has our headers: cut the connection so a truncated
+        # body can never pass for a complete one.
+        log.warning("upstream %s failed mid-body: %s", ex.route.upstream.name, type(exc).__name__)
+        ex.deny("upstream_error", "upstream_body_failed")
+        ex.request.transport and ex.request.transport.close()
+        raise ConnectionResetError("upstream failed mid-body") from None
+    await resp.write_eof()
+    return resp

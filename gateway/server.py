@@ -1,0 +1,123 @@
+"""The gateway process: listener, stage chain, runtime swap, graceful shutdown.
+
+The stage order is the one visible list below. A request is handled by
+building an :class:`~gateway.exchange.Exchange` pinned to the current runtime
+and passing it down the chain folded once at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+import uuid
+from typing import Final
+
+from aiohttp import web
+
+from gateway.config import Config, parse_listen
+from gateway.connections import ConnectionLimiter, GatewayServer
+from gateway.exchange import Exchange, Stage, fold
+from gateway.proxy import forward
+from gateway.runtime import Runtime, UpstreamPool
+from gateway.stages import guard, observe, request_id_from, route
+
+log = logging.getLogger("gateway")
+
+# guard → observe → route → (authenticate → limit, as those issues land) → forward
+STAGES: Final[list[Stage]] = [guard, observe, route]
+
+
+def listener_ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if config.tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    ctx.load_cert_chain(config.resolve(config.tls.cert_file), config.resolve(config.tls.key_file))
+    return ctx
+
+
+class Gateway:
+    """One gateway instance: holds the current runtime and the listeners."""
+
+    def __init__(self, config: Config) -> None:
+        self.pool = UpstreamPool()
+        self.runtime = Runtime(config, self.pool)
+        self.chain = fold(STAGES, forward)
+        self.limiter = ConnectionLimiter(config.limits.max_connections)
+        self.draining = False
+        self._runner: web.ServerRunner | None = None
+        self.addresses: list[tuple[str, int]] = []
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self.runtime
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        ex = Exchange(
+            request=request,
+            runtime=runtime,
+            request_id=request_id_from(
+                request.headers.get(runtime.config.request_id_header), uuid.uuid4().hex
+            ),
+            started=time.perf_counter(),
+            client_ip=peer[0] if peer else "",
+        )
+        return await self.chain(ex)
+
+    async def start(self) -> None:
+        cfg = self.runtime.config
+        limits = cfg.limits
+        server = GatewayServer(
+            self.handle,
+            limiter=self.limiter,
+            header_timeout=limits.header_timeout,
+            request_id_header=cfg.request_id_header,
+            # Cancel the handler (and so the upstream request) when the caller goes away.
+            handler_cancellation=True,
+            keepalive_timeout=limits.idle_timeout,
+            max_line_size=limits.max_header_size,
+            max_field_size=limits.max_header_size,
+            max_headers=limits.max_headers,
+            access_log=None,
+        )
+        self._runner = web.ServerRunner(server, shutdown_timeout=limits.shutdown_timeout)
+        await self._runner.setup()
+        host, port = parse_listen(cfg.listen)
+        site = web.TCPSite(
+            self._runner, host, port, ssl_context=listener_ssl_context(cfg), backlog=1024
+        )
+        await site.start()
+        for sock in getattr(site._server, "sockets", None) or []:  # bound port when 0
+            self.addresses.append(sock.getsockname()[:2])
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then close."""
+        self.draining = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.pool.close()
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    gateway = Gateway(config)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for host, port in gateway.addresses:
+        log.info("listening on %s:%s", host, port)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining in-flight requests")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await gateway.stop()
