@@ -346,9 +346,7 @@ def _cross_check(doc: YamlDocument, cfg: Config) -> list[ConfigIssue]:
     names: dict[str, int] = {}
     for i, route in enumerate(cfg.routes):
         if route.name in names:
-            issues.append(
-                doc.issue(("routes", i, "name"), f"duplicate route name '{route.name}'")
-            )
+            issues.append(doc.issue(("routes", i, "name"), f"duplicate route name '{route.name}'"))
         names.setdefault(route.name, i)
         if route.upstream not in cfg.upstreams:
             issues.append(

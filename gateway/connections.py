@@ -162,12 +162,17 @@ class GatewayServer(web.Server):
     ) -> None:
         super().__init__(handler, **kwargs)
         self.limiter = limiter
-        self._extra = {
-            "limiter": limiter,
-            "header_timeout": header_timeout,
-            "on_protocol_error": on_protocol_error,
-            "request_id_header": request_id_header,
-        }
+        self._header_timeout = header_timeout
+        self._request_id_header = request_id_header
+        self._on_protocol_error = on_protocol_error
 
     def __call__(self) -> GatewayRequestHandler:
-        return GatewayRequestHandler(self, loop=self._loop, **self._extra, **self._kwargs)
+        return GatewayRequestHandler(
+            self,
+            loop=self._loop,
+            limiter=self.limiter,
+            header_timeout=self._header_timeout,
+            on_protocol_error=self._on_protocol_error,
+            request_id_header=self._request_id_header,
+            **self._kwargs,
+        )

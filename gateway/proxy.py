@@ -74,12 +74,12 @@ def _has_body(request: web.BaseRequest) -> bool:
 
 
 async def _stream_request_body(
-    request: web.BaseRequest, cap: int, timeout: float
+    request: web.BaseRequest, cap: int, idle: float
 ) -> AsyncIterator[bytes]:
     sent = 0
     while True:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(idle):
                 chunk = await request.content.readany()
         except TimeoutError:
             raise BodyTimeout from None
@@ -186,7 +186,8 @@ async def _relay(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamRe
         # body can never pass for a complete one.
         log.warning("upstream %s failed mid-body: %s", ex.route.upstream.name, type(exc).__name__)
         ex.deny("upstream_error", "upstream_body_failed")
-        ex.request.transport and ex.request.transport.close()
+        if ex.request.transport is not None:
+            ex.request.transport.close()
         raise ConnectionResetError("upstream failed mid-body") from None
     await resp.write_eof()
     return resp

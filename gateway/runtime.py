@@ -115,9 +115,7 @@ class Runtime:
             )
             for name, cfg in config.upstreams.items()
         }
-        self.routes = tuple(
-            RouteRuntime(r.name, r, upstreams[r.upstream]) for r in config.routes
-        )
+        self.routes = tuple(RouteRuntime(r.name, r, upstreams[r.upstream]) for r in config.routes)
         self.router: Router[RouteRuntime] = Router(
             Router.route(
                 r.config.path,

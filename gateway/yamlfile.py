@@ -69,7 +69,7 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
     """Parse YAML text; syntax errors and duplicate keys raise :class:`ConfigError`."""
     try:
         node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None

@@ -19,7 +19,6 @@ from gateway.config import Config
 from gateway.server import Gateway
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,9 +67,7 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
     """Start an in-process gateway from upstreams/routes; returns its base URL."""
     gateways: list[Gateway] = []
 
-    async def make(
-        upstreams: dict[str, Any], routes: list[dict[str, Any]], **extra: Any
-    ) -> str:
+    async def make(upstreams: dict[str, Any], routes: list[dict[str, Any]], **extra: Any) -> str:
         gw = Gateway(make_config(upstreams, routes, **extra))
         await gw.start()
         gateways.append(gw)
@@ -110,8 +107,19 @@ class RedisServer:
         if binary is None:
             pytest.fail("redis-server is not installed (.ci/run installs it)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -141,8 +149,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")

@@ -42,7 +42,9 @@ async def _raw(url: str, data: bytes) -> bytes:
 async def test_content_length_with_transfer_encoding_is_400_problem(
     upstream: str, gateway_factory: GatewayFactory
 ) -> None:
-    gw = await gateway_factory({"u": {"url": upstream}}, [{"name": "a", "path": "/**", "upstream": "u"}])
+    gw = await gateway_factory(
+        {"u": {"url": upstream}}, [{"name": "a", "path": "/**", "upstream": "u"}]
+    )
     raw = await _raw(
         gw,
         b"POST /x HTTP/1.1\r\nHost: g\r\nContent-Length: 4\r\n"

@@ -297,7 +297,8 @@ async def test_upstream_unreachable_is_502_without_internals(
 ) -> None:
     port = free_port()
     gw = await gateway_factory(
-        {"down": {"url": f"http://127.0.0.1:{port}"}}, [{"name": "x", "path": "/**", "upstream": "down"}]
+        {"down": {"url": f"http://127.0.0.1:{port}"}},
+        [{"name": "x", "path": "/**", "upstream": "down"}],
     )
     async with client.get(gw + "/anything") as resp:
         assert resp.status == 502
@@ -314,7 +315,8 @@ async def test_upstream_timeout_is_504(
     echo = Echo()
     url = await upstream_factory(echo.app)
     gw = await gateway_factory(
-        {"app": {"url": url, "timeout": 0.3}}, [{"name": "slow", "path": "/slow", "upstream": "app"}]
+        {"app": {"url": url, "timeout": 0.3}},
+        [{"name": "slow", "path": "/slow", "upstream": "app"}],
     )
     async with client.get(gw + "/slow?delay=2") as resp:
         assert resp.status == 504
