@@ -149,11 +149,13 @@ class StaticKeySource:
 
 
 def _public_fingerprint(algorithm: str, key: Any) -> str:
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return f"{algorithm}:{hashlib.sha256(der).hexdigest()}"
 
 
-def _fits(algorithm: str, kty: str, crv: Any) -> bool:
+def _fits(algorithm: str, kty: str, crv: str | None) -> bool:
     want = _ALGORITHM_KEY_TYPES.get(algorithm)
     if want is None or want[0] != kty:
         return False
@@ -192,11 +194,15 @@ def parse_jwk(
     if "d" in data:
         return [], "carries private key material"
     own_alg = data.get("alg")
+    crv = data.get("crv")
+    if (own_alg is not None and not isinstance(own_alg, str)) or (
+        crv is not None and not isinstance(crv, str)
+    ):
+        return [], "alg/crv is not a string"
     if own_alg is not None:
         candidates = [own_alg] if own_alg in algorithms else []
     else:
         candidates = list(algorithms)
-    crv = data.get("crv")
     candidates = [a for a in candidates if _fits(a, kty, crv)]
     if not candidates:
         return [], "kty/alg not in the issuer's algorithms"
@@ -205,7 +211,7 @@ def parse_jwk(
         try:
             jwk = PyJWK(dict(data), algorithm=alg)
             _check_public(jwk)
-        except (PyJWTError, ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # untrusted input from the network: any failure = unusable
             return [], f"unusable: {type(exc).__name__}"
         out.append(VerificationKey(kid, alg, jwk, _public_fingerprint(alg, jwk.key)))
     return out, None
@@ -260,7 +266,9 @@ def load_jwks_file(path: Path, algorithms: Collection[str]) -> KeySet:
     return keys
 
 
-def _public_key_algorithms(key: Any, algorithms: Collection[str]) -> list[tuple[str, dict[str, Any]]]:
+def _public_key_algorithms(
+    key: Any, algorithms: Collection[str]
+) -> list[tuple[str, dict[str, Any]]]:
     """(algorithm, JWK dict) for each allowed algorithm that fits a cryptography public key."""
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
