@@ -98,7 +98,15 @@ def bench_proxy(seconds: float, concurrency: int, path: str) -> dict[str, float]
             encoding="utf-8",
         )
         py = sys.executable
-        upstream = [py, "-m", "gateway.demo.upstream", "--host", "127.0.0.1", "--port", str(up_port)]
+        upstream = [
+            py,
+            "-m",
+            "gateway.demo.upstream",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(up_port),
+        ]
         with (
             _process(upstream, up_port),
             _process([py, "-m", "gateway", "serve", "-c", str(cfg)], gw_port),
@@ -130,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"proxy: GET {args.path}, {args.concurrency} connections, {args.seconds:g} s each")
     r = bench_proxy(args.seconds, args.concurrency, args.path)
-    print(f"  direct   {r['direct_rps']:8.0f} req/s  p50 {r['direct_p50_ms']:6.2f} ms  "
-          f"p99 {r['direct_p99_ms']:6.2f} ms")
-    print(f"  gateway  {r['gateway_rps']:8.0f} req/s  p50 {r['gateway_p50_ms']:6.2f} ms  "
-          f"p99 {r['gateway_p99_ms']:6.2f} ms")
+    print(
+        f"  direct   {r['direct_rps']:8.0f} req/s  p50 {r['direct_p50_ms']:6.2f} ms  "
+        f"p99 {r['direct_p99_ms']:6.2f} ms"
+    )
+    print(
+        f"  gateway  {r['gateway_rps']:8.0f} req/s  p50 {r['gateway_p50_ms']:6.2f} ms  "
+        f"p99 {r['gateway_p99_ms']:6.2f} ms"
+    )
     print(f"  ratio    {r['ratio']:.2f} (gateway/direct)  added p50 {r['added_p50_ms']:.2f} ms")
 
     try:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.runtime import Compiled, compile_config
 
 
 def run_loop(main: Callable[[], object]) -> None:
@@ -24,38 +28,93 @@ def run_loop(main: Callable[[], object]) -> None:
         runner.run(main())  # type: ignore[arg-type]
 
 
-def _load_or_report(path: str) -> Config | None:
+def _report(exc: ConfigError) -> None:
+    for issue in exc.issues:
+        print(f"error: {issue}", file=sys.stderr)
+    print(f"{len(exc.issues)} error(s) in configuration", file=sys.stderr)
+
+
+def load_all(path: str) -> tuple[Config, Compiled] | None:
+    """gateway.yaml, then every rule file and key source: what serve would load."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        return config, compile_config(config)
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
-        print(f"{len(exc.issues)} error(s) in configuration", file=sys.stderr)
+        _report(exc)
         return None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
-    if config is None:
+    loaded = load_all(args.config)
+    if loaded is None:
         return 1
-    print(f"ok: {args.config}: {len(config.routes)} routes, {len(config.upstreams)} upstreams")
+    config, compiled = loaded
+    policies = len(compiled.rules.policies) if compiled.rules is not None else 0
+    print(
+        f"ok: {args.config}: {len(config.routes)} routes, {len(config.upstreams)} upstreams, "
+        f"{policies} policies, levels {', '.join(compiled.levels)}, "
+        f"rules version {compiled.version}"
+    )
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
-    config = _load_or_report(args.config)
-    if config is None:
+    loaded = load_all(args.config)
+    if loaded is None:
         return 1
-    run_loop(lambda: serve(config))
+    config, compiled = loaded
+    run_loop(lambda: serve(config, compiled))
+    return 0
+
+
+def _json_object(text: str, what: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        print(f"error: {what}: not valid JSON ({exc.msg} at position {exc.pos})", file=sys.stderr)
+        return None
+    if not isinstance(value, dict):
+        print(f"error: {what}: must be a JSON object", file=sys.stderr)
+        return None
+    return value
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth.devtoken import mint_for_config
+    from gateway.demo.run import DEMO_CONFIG, find_rules
+
+    claims = _json_object(args.claims, "--claims")
+    if claims is None:
+        return 1
+    env = dict(os.environ)
+    if not args.config:
+        env.setdefault("GATEWAY_DEMO_RULES", str(find_rules()))
+    try:
+        config = load_config(args.config or DEMO_CONFIG, env=env)
+    except ConfigError as exc:
+        _report(exc)
+        return 1
+    if config.auth is None:
+        print(f"error: {config.source}: auth: no auth section to sign for", file=sys.stderr)
+        return 1
+    try:
+        print(mint_for_config(config.auth, claims, lifetime=args.lifetime))
+    except ValueError as exc:
+        print(f"error: {config.source}: auth.issuers: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo.run import run_demo
 
-    run_loop(lambda: run_demo(host=args.host, port=args.port, upstream_port=args.upstream_port))
+    try:
+        run_loop(lambda: run_demo(host=args.host, port=args.port, upstream_port=args.upstream_port))
+    except ConfigError as exc:
+        _report(exc)
+        return 1
     return 0
 
 
@@ -71,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate the configuration and every rule file")
     p.add_argument("-c", "--config", required=True, help="gateway.yaml")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "token",
+        help="mint a token with a local development key (the first issuer with hmac_secret_env)",
+    )
+    p.add_argument("-c", "--config", help="gateway.yaml (default: the demo's configuration)")
+    p.add_argument("--claims", required=True, help='JSON object, e.g. \'{"sub": "t1"}\'')
+    p.add_argument("--lifetime", type=int, default=3600, help="seconds until exp (default 3600)")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("demo", help="a demo legacy customer API with the gateway in front")
     p.add_argument("--host", default="127.0.0.1")

@@ -27,12 +27,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from gateway.errors import ConfigError, ConfigIssue, KeyPath
+from gateway.auth.config import AuthConfig
+from gateway.errors import ConfigError, ConfigIssue, KeyPath, format_key_path
 from gateway.routing import RoutePatternError, compile_pattern
 from gateway.yamlfile import YamlDocument, load_yaml
 
@@ -206,6 +208,13 @@ class StateConfig(_Model):
         return v
 
 
+class IdentityHeaders(_Model):
+    """Headers that tell the upstream who is calling (inbound copies are always stripped)."""
+
+    subject: str = "X-Gateway-Subject"
+    clearance: str = "X-Gateway-Clearance"
+
+
 class LimitsConfig(_Model):
     """Protection against slow or hostile clients and oversized bodies."""
 
@@ -230,8 +239,8 @@ class Config(_Model):
     admin_listen: str | None = None
     admin_token_env: str | None = None
     upstreams: dict[str, UpstreamConfig]
-    # Owned by the identity issue: accepted and stored; validated there.
-    auth: dict[str, Any] | None = None
+    auth: AuthConfig | None = None
+    identity_headers: IdentityHeaders = Field(default_factory=IdentityHeaders)
     routes: list[RouteConfig]
     rules: str | None = None
     state: StateConfig = Field(default_factory=StateConfig)
@@ -241,9 +250,12 @@ class Config(_Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     # Header the request id travels in, both ways.
     request_id_header: str = "X-Request-ID"
+    # Key for `hash` actions (HMAC-SHA256): stable pseudonyms across restarts and hosts.
+    hash_key_env: str = "GATEWAY_HASH_KEY"
 
     # Set by the loader: where the file was, so relative paths resolve against it.
     source: str = Field(default="", exclude=True)
+    _lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -275,6 +287,24 @@ class Config(_Model):
             except ValueError:
                 raise ValueError("each entry must be an IP network in CIDR form") from None
         return v
+
+    def issue(self, path: KeyPath, message: str) -> ConfigIssue:
+        """A problem found after loading, located in this file."""
+        p = tuple(path)
+        while p and p not in self._lines:
+            p = p[:-1]
+        line = self._lines.get(p) if p else None  # a key absent from the file has no line
+        return ConfigIssue(self.source or "gateway.yaml", format_key_path(path), message, line)
+
+    def locate(self, issue: ConfigIssue) -> ConfigIssue:
+        """Add the line to an issue another module found in this file by key path."""
+        if issue.line is not None or issue.file != (self.source or "gateway.yaml"):
+            return issue
+        path: list[str | int] = []
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", issue.key):
+            path.append(int(part[1:-1]) if part.startswith("[") else part)
+        located = self.issue(tuple(path), issue.message)
+        return ConfigIssue(issue.file, issue.key, issue.message, located.line)
 
     def resolve(self, relative: str) -> Path:
         """A path from the config, relative to the config file's directory."""
@@ -352,6 +382,14 @@ def _cross_check(doc: YamlDocument, cfg: Config) -> list[ConfigIssue]:
             issues.append(
                 doc.issue(("routes", i, "upstream"), f"unknown upstream '{route.upstream}'")
             )
+        if route.auth == "jwt" and cfg.auth is None:
+            issues.append(
+                doc.issue(
+                    ("routes", i, "auth"),
+                    "route needs a token (the default) but there is no auth section; "
+                    "add one, or say auth: none for a public route",
+                )
+            )
     if cfg.tls is not None:
         for key in ("cert_file", "key_file"):
             if not cfg.resolve(getattr(cfg.tls, key)).is_file():
@@ -375,9 +413,10 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     if problems:
         raise ConfigError([doc.issue(at, msg) for at, msg in problems])
     try:
-        cfg = Config.model_validate({**data, "source": str(Path(path).resolve())})
+        cfg = Config.model_validate({**data, "source": str(Path(path))})
     except ValidationError as exc:
         raise ConfigError(_issues_from_validation(doc, exc)) from None
+    cfg._lines = doc.lines
     issues = _cross_check(doc, cfg)
     if issues:
         raise ConfigError(issues)

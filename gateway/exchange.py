@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from gateway.runtime import RouteRuntime, Runtime
 
 
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]")
+
+
 @dataclass(slots=True, eq=False)
 class Exchange:
     request: web.BaseRequest
@@ -40,8 +43,17 @@ class Exchange:
     reason: str | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None
+    forwarded_for: str | None = None  # inbound X-Forwarded-For chain, when a trusted proxy sent it
     records: int = 0
     entities: list[str] = field(default_factory=list)
+    fields: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def gateway_origin(self) -> str:
+        """The gateway's origin as the caller addressed it ("" when Host is unusable)."""
+        host = self.request.headers.get("Host", "")
+        if not host or not set(host) <= _HOST_CHARS:
+            return ""
+        return f"{self.request.scheme}://{host}"
 
     def deny(self, decision: str, reason: str) -> None:
         self.decision = decision

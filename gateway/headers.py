@@ -60,6 +60,7 @@ def upstream_request_headers(
     proto: str,
     host: str | None,
     set_headers: Iterable[tuple[str, str]] = (),
+    strip: Iterable[str] = (),
 ) -> CIMultiDict[str]:
     """Headers to send upstream.
 
@@ -70,7 +71,7 @@ def upstream_request_headers(
     """
     own = [(k, v) for k, v in set_headers]
     drop = HOP_BY_HOP | _NOT_FORWARDED | connection_named(inbound)
-    drop |= {k.lower() for k, _ in own}
+    drop |= {k.lower() for k, _ in own} | {k.lower() for k in strip}
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in inbound.items():
         lk = k.lower()

@@ -37,8 +37,6 @@ from gateway.problem import problem
 
 log = logging.getLogger("gateway.proxy")
 
-_HOST_RE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]")
-
 
 class BodyTooLarge(Exception):
     pass
@@ -46,14 +44,6 @@ class BodyTooLarge(Exception):
 
 class BodyTimeout(Exception):
     pass
-
-
-def gateway_origin(ex: Exchange) -> str:
-    """The gateway's own origin as the caller addressed it ("" when Host is unusable)."""
-    host = ex.request.headers.get("Host", "")
-    if not host or not set(host) <= _HOST_RE_CHARS:
-        return ""
-    return f"{ex.request.scheme}://{host}"
 
 
 def upstream_url(ex: Exchange) -> URL:
@@ -95,18 +85,42 @@ def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
     assert ex.route is not None
     cfg = ex.runtime.config
     own: list[tuple[str, str]] = [(cfg.request_id_header, ex.request_id)]
+    principal = ex.principal
+    if principal is not None and principal.subject is not None:
+        own.append((cfg.identity_headers.subject, principal.subject))
+    if principal is not None:
+        own.append((cfg.identity_headers.clearance, principal.level_name))
     own.extend(ex.route.upstream.config.headers.items())
     headers = upstream_request_headers(
         ex.request.headers,
         client_ip=ex.client_ip,
-        forwarded_for=None,
+        forwarded_for=ex.forwarded_for,
         proto=ex.request.scheme,
         host=ex.request.headers.get("Host"),
         set_headers=own,
+        # Inbound copies of identity headers go even when the gateway sets none.
+        strip=(cfg.identity_headers.subject, cfg.identity_headers.clearance),
     )
     if not ex.route.config.forward_token:
         headers.popall("Authorization", None)
+    if ex.route.policy is not None:
+        # The caller must only ever get a whole body that the policy has seen:
+        # no partial content, no "not modified" against an unmasked validator.
+        for name in POLICY_STRIPPED_REQUEST_HEADERS:
+            headers.popall(name, None)
+        # Ask for no compression: the body is decoded (capped) anyway if it comes compressed.
+        headers["Accept-Encoding"] = "identity"
     return headers
+
+
+POLICY_STRIPPED_REQUEST_HEADERS = (
+    "Range",
+    "If-Range",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Match",
+    "If-Unmodified-Since",
+)
 
 
 async def forward(ex: Exchange) -> web.StreamResponse:
@@ -122,10 +136,14 @@ async def forward(ex: Exchange) -> web.StreamResponse:
         else None
     )
     session = ex.route.upstream.session
+    method = request.method
+    if method == "HEAD" and ex.route.policy is not None:
+        # HEAD must describe the masked body, which only exists after a GET.
+        method = "GET"
     t0 = time.perf_counter()
     try:
         upstream = await session.request(
-            request.method,
+            method,
             upstream_url(ex),
             headers=upstream_headers(ex),
             data=body,
@@ -167,7 +185,7 @@ async def _relay(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamRe
     """Stream an upstream response to the caller unchanged (routes without a policy)."""
     assert ex.route is not None
     headers = client_response_headers(
-        upstream.headers, upstream_url=ex.route.upstream.url, gateway_origin=gateway_origin(ex)
+        upstream.headers, upstream_url=ex.route.upstream.url, gateway_origin=ex.gateway_origin()
     )
     headers.popall("Content-Length", None)
     headers[ex.runtime.config.request_id_header] = ex.request_id

@@ -1,42 +1,165 @@
-"""What a loaded configuration becomes at run time: compiled routes and upstream clients.
+"""What a loaded configuration becomes at run time: rules, identity, compiled routes.
 
-A :class:`Runtime` is built whole from a :class:`~gateway.config.Config` and
-never patched; the server holds one reference and swaps it on reload.
-Upstream client sessions (keep-alive pools) are owned by an
-:class:`UpstreamPool` that outlives runtimes, so a reload does not drop warm
-connections to upstreams whose settings did not change.
+:func:`compile_config` turns a validated :class:`~gateway.config.Config` into
+everything the request path needs (the rule set, the authenticator, each
+route's policy, level, networks and hours) and reports every problem at once,
+located in its file. It does no network I/O and needs no event loop, so
+``gateway check`` runs exactly the validation that ``gateway serve`` does.
+
+A :class:`Runtime` binds the compiled parts to pooled upstream client
+sessions. It is built whole and never patched; the server holds one reference
+and swaps it on reload. The :class:`UpstreamPool` outlives runtimes, so a reload
+keeps warm connections to upstreams whose settings did not change.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
+from gateway.auth.conditions import HoursWindow, Network, parse_hours, parse_networks
+from gateway.auth.verify import Authenticator
 from gateway.config import Config, RouteConfig, UpstreamConfig
+from gateway.errors import ConfigError, ConfigIssue
 from gateway.routing import Router
+from gateway.rules import RecordSpec, RuleSet, compile_records, load_rules
+from gateway.types import Principal
+
+if TYPE_CHECKING:
+    from gateway.exchange import Exchange
+
+# Without a rule pack there is one level: everyone is the same (lowest) caller.
+DEFAULT_LEVELS = ("public",)
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamRuntime:
-    name: str
-    config: UpstreamConfig
-    url: URL
-    base_path: str  # the URL's path without a trailing slash ("" for none)
-    session: aiohttp.ClientSession
+class RouteRules:
+    """The per-route conditions, compiled once."""
+
+    min_level: int | None
+    networks: tuple[Network, ...] | None
+    hours: HoursWindow | None
+    records: RecordSpec | None
 
 
 @dataclass(frozen=True, slots=True)
-class RouteRuntime:
-    name: str
-    config: RouteConfig
-    upstream: UpstreamRuntime
+class Compiled:
+    rules: RuleSet | None
+    auth: Authenticator | None
+    levels: tuple[str, ...]
+    routes: tuple[RouteRules, ...]
+    trusted_proxies: tuple[Network, ...]
 
     @property
-    def policy(self) -> str | None:
-        return self.config.policy
+    def version(self) -> str:
+        return self.rules.version if self.rules is not None else "none"
+
+
+def compile_config(
+    config: Config, env: Mapping[str, str] | None = None, previous: Compiled | None = None
+) -> Compiled:
+    """Load rules and keys, compile routes; raise :class:`ConfigError` with every problem."""
+    env = os.environ if env is None else env
+    issues: list[ConfigIssue] = []
+    rules: RuleSet | None = None
+    if config.rules is not None:
+        key = env.get(config.hash_key_env, "")
+        if not key:
+            issues.append(
+                config.issue(
+                    ("hash_key_env",),
+                    f"environment variable {config.hash_key_env} is not set "
+                    "(the key for hash actions; keep it stable across restarts)",
+                )
+            )
+        try:
+            # With the key missing (already reported) a placeholder still lets every
+            # other problem in the rules be found in the same run.
+            hash_key = key.encode("utf-8") or b"missing-hash-key-placeholder"
+            rules = load_rules(config.resolve(config.rules), hash_key=hash_key)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+    rules_failed = config.rules is not None and rules is None
+    levels = rules.levels if rules is not None else DEFAULT_LEVELS
+
+    auth: Authenticator | None = None
+    if config.auth is not None and not rules_failed:  # levels unknown: would only add noise
+        try:
+            auth = Authenticator.from_config(
+                config.auth,
+                levels,
+                file=config.source or "gateway.yaml",
+                base_dir=Path(config.source).parent,
+                env=env,
+                previous=previous.auth if previous is not None else None,
+            )
+        except ConfigError as exc:
+            issues.extend(config.locate(i) for i in exc.issues)
+
+    route_issues: list[ConfigIssue] = []
+    routes = tuple(
+        _compile_route(config, i, r, rules, levels, route_issues)
+        for i, r in enumerate(config.routes)
+    )
+    if not rules_failed:  # unknown policies and levels are meaningless without the rules
+        issues.extend(route_issues)
+    if issues:
+        raise ConfigError(issues)
+    return Compiled(rules, auth, tuple(levels), routes, parse_networks(config.trusted_proxies))
+
+
+def _compile_route(
+    config: Config,
+    i: int,
+    route: RouteConfig,
+    rules: RuleSet | None,
+    levels: tuple[str, ...],
+    issues: list[ConfigIssue],
+) -> RouteRules:
+    at = ("routes", i)
+    if route.policy is not None:
+        if rules is None:
+            issues.append(config.issue((*at, "policy"), "no rules directory is configured"))
+        elif route.policy not in rules.policies:
+            known = ", ".join(sorted(rules.policies)) or "none"
+            issues.append(
+                config.issue((*at, "policy"), f"unknown policy '{route.policy}' (known: {known})")
+            )
+    min_level = None
+    if route.min_level is not None:
+        if route.min_level in levels:
+            min_level = levels.index(route.min_level)
+        else:
+            issues.append(
+                config.issue(
+                    (*at, "min_level"),
+                    f"unknown level '{route.min_level}'; levels are {', '.join(levels)}",
+                )
+            )
+    hours = None
+    if route.allow_hours is not None:
+        try:
+            hours = parse_hours(route.allow_hours)
+        except ValueError as exc:
+            issues.append(config.issue((*at, "allow_hours"), str(exc)))
+    records = None
+    if route.records is not None:
+        try:
+            records = compile_records(route.records.path, route.records.id)
+        except ValueError as exc:
+            issues.append(config.issue((*at, "records", "path"), str(exc)))
+    networks = parse_networks(route.allow_networks) if route.allow_networks is not None else None
+    return RouteRules(min_level, networks, hours, records)
+
+
+# --- upstream clients -----------------------------------------------------------------
 
 
 def upstream_ssl_context(cfg: UpstreamConfig, config: Config) -> ssl.SSLContext:
@@ -70,7 +193,6 @@ class UpstreamPool:
         connector = aiohttp.TCPConnector(
             limit=cfg.max_connections,
             ssl=upstream_ssl_context(cfg, config) if url.scheme == "https" else False,
-            enable_cleanup_closed=False,
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -100,11 +222,44 @@ class UpstreamPool:
         self._retired.clear()
 
 
-class Runtime:
-    """Compiled routes for one configuration (immutable once built)."""
+# --- the runtime ----------------------------------------------------------------------
 
-    def __init__(self, config: Config, pool: UpstreamPool) -> None:
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRuntime:
+    name: str
+    config: UpstreamConfig
+    url: URL
+    base_path: str  # the URL's path without a trailing slash ("" for none)
+    session: aiohttp.ClientSession
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuntime:
+    name: str
+    config: RouteConfig
+    upstream: UpstreamRuntime
+    rules: RouteRules
+
+    @property
+    def policy(self) -> str | None:
+        return self.config.policy
+
+
+class Runtime:
+    """Compiled routes, rules and identity for one configuration (immutable once built)."""
+
+    def __init__(self, config: Config, pool: UpstreamPool, compiled: Compiled) -> None:
         self.config = config
+        self.compiled = compiled
+        self.rules = compiled.rules
+        self.auth = compiled.auth
+        self.version = compiled.version
+        self.anonymous = (
+            compiled.auth.anonymous()
+            if compiled.auth is not None
+            else Principal(None, 0, compiled.levels[0])
+        )
         upstreams = {
             name: UpstreamRuntime(
                 name=name,
@@ -115,7 +270,10 @@ class Runtime:
             )
             for name, cfg in config.upstreams.items()
         }
-        self.routes = tuple(RouteRuntime(r.name, r, upstreams[r.upstream]) for r in config.routes)
+        self.routes = tuple(
+            RouteRuntime(r.name, r, upstreams[r.upstream], rr)
+            for r, rr in zip(config.routes, compiled.routes, strict=True)
+        )
         self.router: Router[RouteRuntime] = Router(
             Router.route(
                 r.config.path,
@@ -125,3 +283,15 @@ class Runtime:
             )
             for r in self.routes
         )
+
+    def mask(self, ex: Exchange, document: Any) -> Any | None:
+        """Apply the route's policy for the caller; None when no rule set is loaded."""
+        assert ex.route is not None and ex.route.policy is not None
+        if self.rules is None:
+            return None
+        plan = self.rules.plan(ex.route.policy, ex.principal)
+        result = plan.apply(document, records=ex.route.rules.records)
+        ex.records = result.records.count
+        ex.entities = list(result.records.ids)
+        ex.fields = result.fields
+        return result.document

@@ -17,17 +17,18 @@ from typing import Final
 
 from aiohttp import web
 
+from gateway.auth.conditions import allowed, client_ip
 from gateway.config import Config, parse_listen
 from gateway.connections import ConnectionLimiter, GatewayServer
 from gateway.exchange import Exchange, Stage, fold
 from gateway.proxy import forward
-from gateway.runtime import Runtime, UpstreamPool
-from gateway.stages import guard, observe, request_id_from, route
+from gateway.runtime import Compiled, Runtime, UpstreamPool, compile_config
+from gateway.stages import authenticate, conditions, guard, observe, request_id_from, route
 
 log = logging.getLogger("gateway")
 
-# guard → observe → route → (authenticate → limit, as those issues land) → forward
-STAGES: Final[list[Stage]] = [guard, observe, route]
+# guard → observe → route → authenticate → conditions → (limit, as quotas land) → forward
+STAGES: Final[list[Stage]] = [guard, observe, route, authenticate, conditions]
 
 
 def listener_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -44,9 +45,9 @@ def listener_ssl_context(config: Config) -> ssl.SSLContext | None:
 class Gateway:
     """One gateway instance: holds the current runtime and the listeners."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, compiled: Compiled | None = None) -> None:
         self.pool = UpstreamPool()
-        self.runtime = Runtime(config, self.pool)
+        self.runtime = Runtime(config, self.pool, compiled or compile_config(config))
         self.chain = fold(STAGES, forward)
         self.limiter = ConnectionLimiter(config.limits.max_connections)
         self.draining = False
@@ -55,7 +56,16 @@ class Gateway:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer_info = request.transport.get_extra_info("peername") if request.transport else None
+        peer = peer_info[0] if peer_info else ""
+        trusted = runtime.compiled.trusted_proxies
+        # X-Forwarded-For counts only when the socket peer is one of our own proxies.
+        via_proxy = bool(trusted) and allowed(peer, trusted)
+        xff = (
+            (", ".join(request.headers.getall("X-Forwarded-For", [])) or None)
+            if via_proxy
+            else None
+        )
         ex = Exchange(
             request=request,
             runtime=runtime,
@@ -63,7 +73,8 @@ class Gateway:
                 request.headers.get(runtime.config.request_id_header), uuid.uuid4().hex
             ),
             started=time.perf_counter(),
-            client_ip=peer[0] if peer else "",
+            client_ip=client_ip(peer, xff, trusted) if via_proxy else peer,
+            forwarded_for=xff,
         )
         return await self.chain(ex)
 
@@ -100,11 +111,15 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.pool.close()
+        if self.runtime.auth is not None:
+            await self.runtime.auth.aclose()
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    config: Config, compiled: Compiled | None = None, *, ready: asyncio.Event | None = None
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, compiled)
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

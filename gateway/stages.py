@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 
 from aiohttp import web
 
+from gateway.auth.conditions import allowed
+from gateway.auth.verify import AuthError
 from gateway.exchange import Exchange, Handler
 from gateway.paths import PathError, split_target
 from gateway.problem import problem
@@ -76,3 +79,41 @@ async def route(ex: Exchange, call_next: Handler) -> web.StreamResponse:
         )
     ex.deny("deny_route", "no_route")
     return problem(404, ex.request_id, "No route matches this path.")
+
+
+async def authenticate(ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    """Resolve the caller: a verified bearer token, or anonymous on ``auth: none`` routes."""
+    assert ex.route is not None
+    auth = ex.runtime.auth
+    if ex.route.config.auth == "none" or auth is None:
+        # (auth is None only with auth: none routes: the loader refuses anything else.)
+        ex.principal = ex.runtime.anonymous
+        return await call_next(ex)
+    try:
+        ex.principal = await auth.authenticate(ex.request.headers.getall("Authorization", []))
+    except AuthError as exc:
+        ex.deny("deny_auth", exc.reason)
+        headers: dict[str, str] = {}
+        if exc.www_authenticate is not None:
+            headers["WWW-Authenticate"] = exc.www_authenticate
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(int(exc.retry_after))
+        return problem(exc.status, ex.request_id, exc.description, headers=headers)
+    return await call_next(ex)
+
+
+async def conditions(ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    """The route's access conditions: clearance, source network, hours (403 otherwise)."""
+    assert ex.route is not None and ex.principal is not None
+    rules = ex.route.rules
+    reason = None
+    if rules.min_level is not None and ex.principal.level < rules.min_level:
+        reason, detail = "insufficient_clearance", "Your clearance does not allow this route."
+    elif rules.networks is not None and not allowed(ex.client_ip, rules.networks):
+        reason, detail = "network_not_allowed", "This route is not available from your network."
+    elif rules.hours is not None and not rules.hours.contains(datetime.now(UTC)):
+        reason, detail = "outside_allowed_hours", "This route is not available at this time."
+    if reason is not None:
+        ex.deny("deny_policy", reason)
+        return problem(403, ex.request_id, detail)
+    return await call_next(ex)

@@ -54,6 +54,8 @@ async def upstream_factory() -> AsyncIterator[UpstreamFactory]:
 
 
 def make_config(upstreams: dict[str, Any], routes: list[dict[str, Any]], **extra: Any) -> Config:
+    """A config for tests; routes are public (``auth: none``) unless they say otherwise."""
+    routes = [{"auth": "none", **r} for r in routes]
     data: dict[str, Any] = {"listen": "127.0.0.1:0", "upstreams": upstreams, "routes": routes}
     data.update(extra)
     return Config.model_validate(data)

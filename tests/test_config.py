@@ -28,7 +28,7 @@ listen: 127.0.0.1:8080
 upstreams:
   crm: {url: "http://127.0.0.1:9000"}
 routes:
-  - {name: a, path: "/api/**", upstream: crm}
+  - {name: a, path: "/api/**", upstream: crm, auth: none}
 """
 
 
@@ -44,7 +44,7 @@ def test_product_example_loads_as_written(tmp_path: Path) -> None:
 
 
 def test_unknown_upstream_names_file_key_and_line(tmp_path: Path) -> None:
-    p = _write(tmp_path, MINIMAL + '  - {name: b, path: "/x", upstream: crn}\n')
+    p = _write(tmp_path, MINIMAL + '  - {name: b, path: "/x", upstream: crn, auth: none}\n')
     assert _errors(p) == [f"{p}:6: routes[1].upstream: unknown upstream 'crn'"]
 
 
@@ -64,7 +64,7 @@ upstreams:
   crm: {url: "ftp://x"}
 routes:
   - {name: a, path: "api/**", upstream: crm, methods: [get]}
-  - {path: "/b", upstream: crm}
+  - {path: "/b", upstream: crm, auth: none}
 """
     errors = _errors(_write(tmp_path, text))
     f = f"{tmp_path}/gateway.yaml"
@@ -96,7 +96,7 @@ def test_missing_env_var_is_named(tmp_path: Path) -> None:
 def test_duplicate_yaml_keys_and_route_names(tmp_path: Path) -> None:
     dup = _write(tmp_path, MINIMAL + "listen: 127.0.0.1:1\n")
     assert _errors(dup) == [f"{dup}:6: listen: duplicate key"]
-    names = _write(tmp_path, MINIMAL + '  - {name: a, path: "/b", upstream: crm}\n')
+    names = _write(tmp_path, MINIMAL + '  - {name: a, path: "/b", upstream: crm, auth: none}\n')
     assert _errors(names) == [f"{names}:6: routes[1].name: duplicate route name 'a'"]
 
 
@@ -146,3 +146,11 @@ def test_durations(value: object, expected: float) -> None:
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_token_routes_need_an_auth_section(tmp_path: Path) -> None:
+    text = MINIMAL.replace(", auth: none}", "}")
+    assert _errors(_write(tmp_path, text)) == [
+        f"{tmp_path}/gateway.yaml:5: routes[0].auth: route needs a token (the default) but there "
+        "is no auth section; add one, or say auth: none for a public route"
+    ]

@@ -417,21 +417,3 @@ async def test_request_id_is_propagated_when_sane_and_replaced_when_not(
     async with client.get(gw + "/api/x", headers={"X-Request-ID": "bad id\twith spaces"}) as resp:
         assert resp.headers["X-Request-ID"] != "bad id\twith spaces"
     assert echo.seen[0]["headers"]["X-Request-ID"] == "abc-123"
-
-
-async def test_policy_route_never_relays_bytes_before_masking_exists(
-    echo_gateway: tuple[Echo, str],
-    upstream_factory: UpstreamFactory,
-    gateway_factory: GatewayFactory,
-    client: aiohttp.ClientSession,
-) -> None:
-    echo = Echo()
-    url = await upstream_factory(echo.app)
-    gw = await gateway_factory(
-        {"app": {"url": url}},
-        [{"name": "c", "path": "/api/**", "upstream": "app", "policy": "customer"}],
-    )
-    async with client.get(gw + "/api/customers") as resp:
-        assert resp.status == 502
-        body = await resp.read()
-    assert b"raw_path" not in body

@@ -150,7 +150,7 @@ async def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path: Path) ->
     cfg.write_text(
         f"listen: 127.0.0.1:{port}\n"
         f"upstreams: {{u: {{url: '{up}'}}}}\n"
-        "routes: [{name: a, path: /slow, upstream: u}]\n"
+        "routes: [{name: a, path: /slow, upstream: u, auth: none}]\n"
         "limits: {shutdown_timeout: 10}\n",
         encoding="utf-8",
     )
