@@ -8,12 +8,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.rules import principal_from_claims
 from gateway.runtime import Compiled, compile_config
+from gateway.types import Principal
 
 
 def run_loop(main: Callable[[], object]) -> None:
@@ -107,6 +110,89 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolver(compiled: Compiled) -> Callable[[Mapping[str, Any]], Principal] | None:
+    """Claims -> Principal exactly as the gateway resolves them (roles included)."""
+    return compiled.auth.resolver.principal if compiled.auth is not None else None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from gateway.explain import explain, render_text
+    from gateway.jsoncodec import JsonError, decode
+
+    loaded = load_all(args.config)
+    claims = _json_object(args.claims, "--claims")
+    if loaded is None or claims is None:
+        return 1
+    config, compiled = loaded
+    route = next((r for r in config.routes if r.name == args.route), None)
+    if route is None or route.policy is None or compiled.rules is None:
+        why = "no such route" if route is None else "the route has no policy"
+        print(f"error: --route {args.route}: {why}", file=sys.stderr)
+        return 1
+    try:
+        document = decode(Path(args.file).read_bytes())
+    except OSError as exc:
+        print(f"error: {args.file}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    except JsonError as exc:
+        print(f"error: {args.file}: not strict JSON ({exc.reason})", file=sys.stderr)
+        return 1
+    resolve = _resolver(compiled)
+    principal = (
+        resolve(claims)
+        if resolve is not None
+        else principal_from_claims(claims, compiled.rules.levels)
+    )
+    print(render_text(explain(compiled.rules, route.policy, principal, document)), end="")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from gateway.ruletest import case_files, load_cases, run_cases, summary
+    from gateway.rules import load_rules
+
+    route_policies: dict[str, str | None] = {}
+    resolve = None
+    if args.config:
+        loaded = load_all(args.config)
+        if loaded is None:
+            return 1
+        config, compiled = loaded
+        rules = compiled.rules
+        if rules is None:
+            print(f"error: {args.config}: rules: no rules directory configured", file=sys.stderr)
+            return 1
+        route_policies = {r.name: r.policy for r in config.routes}
+        resolve = _resolver(compiled)
+        directory = Path(args.dir) if args.dir else Path(rules.directory)
+    else:
+        directory = Path(args.dir or "rules")
+        rules_dir = directory if (directory / "levels.yaml").is_file() else directory.parent
+        try:
+            # Cases compare pseudonyms as "<hash>", so any key will do without a config.
+            rules = load_rules(
+                rules_dir, hash_key=os.environ.get("GATEWAY_HASH_KEY", "test-key").encode()
+            )
+        except ConfigError as exc:
+            _report(exc)
+            return 1
+    try:
+        files = case_files(directory)
+        cases = [case for f in files for case in load_cases(f)]
+    except ConfigError as exc:
+        _report(exc)
+        return 1
+    except OSError as exc:
+        print(f"error: {directory}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    if not cases:
+        print(f"error: {directory}: no test cases found", file=sys.stderr)
+        return 1
+    results = run_cases(rules, cases, route_policies, resolve)
+    print(summary(results), end="")
+    return 0 if all(r.passed for r in results) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo.run import run_demo
 
@@ -130,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate the configuration and every rule file")
     p.add_argument("-c", "--config", required=True, help="gateway.yaml")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "explain", help="show a response as a caller would get it, and why each field changed"
+    )
+    p.add_argument("-c", "--config", required=True, help="gateway.yaml")
+    p.add_argument("--route", required=True, help="route name (its policy applies)")
+    p.add_argument("--claims", required=True, help="the caller's token claims as JSON")
+    p.add_argument("file", help="an upstream response body (JSON)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("test", help="run the rule test cases (exit 1 on a failure)")
+    p.add_argument("dir", nargs="?", help="rules directory or its tests/ (default: rules)")
+    p.add_argument("-c", "--config", help="gateway.yaml: maps routes to policies, roles")
+    p.set_defaults(func=cmd_test)
 
     p = sub.add_parser(
         "token",

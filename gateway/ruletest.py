@@ -177,6 +177,9 @@ def run_case(
     policy = case.policy
     if case.route is not None:
         routes = route_policies or {}
+        if not routes:
+            error = f"route {case.route!r}: run with -c gateway.yaml to map routes to policies"
+            return CaseResult(case, False, error=error)
         if case.route not in routes:
             return CaseResult(case, False, error=f"unknown route {case.route!r}")
         policy = routes[case.route]

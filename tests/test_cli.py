@@ -114,3 +114,47 @@ def test_token_signs_for_the_first_hmac_issuer(
 def test_token_rejects_bad_claims(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["token", "--claims", "[1]"]) == 1
     assert "--claims: must be a JSON object" in capsys.readouterr().err
+
+
+def test_shipped_rule_cases_pass_through_the_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_HASH_KEY", "k" * 32)
+    assert main(["test", "-c", str(ROOT / "deploy" / "gateway.yaml")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(" passed, 0 failed")
+
+
+def test_test_fails_with_exit_1_and_a_diff(
+    product_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_HASH_KEY", "k" * 32)
+    case = product_dir / "rules" / "tests" / "customer_test.yaml"
+    case.write_text(case.read_text().replace('"138****5678"', '"13812345678"'))
+    assert main(["test", "-c", str(product_dir / "gateway.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL tellers see the phone masked and never the password" in out
+    assert "13812345678" in out and "138****5678" in out
+    assert out.splitlines()[-1] == "0 passed, 1 failed"
+
+
+def test_test_without_config_explains_route_cases(
+    product_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["test", str(product_dir / "rules")]) == 1
+    assert "run with -c gateway.yaml to map routes to policies" in capsys.readouterr().out
+
+
+def test_explain_prints_document_and_reasons(
+    product_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_HASH_KEY", "k" * 32)
+    doc = product_dir / "resp.json"
+    doc.write_text('{"data":[{"id":1,"phone":"13812345678","password":"x","amount":100.10}]}')
+    claims = '{"sub": "t1", "roles": ["teller"]}'
+    cfg = str(product_dir / "gateway.yaml")
+    assert main(["explain", "-c", cfg, "--route", "customers", "--claims", claims, str(doc)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("policy customer, clearance confidential (subject t1)")
+    assert '"phone": "138****5678"' in out and '"amount": 100.10' in out
+    assert "password" in out and "level never" in out
+    assert "13812345678" not in out.split("field value(s) touched")[0]
