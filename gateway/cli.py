@@ -148,8 +148,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from gateway.ruletest import case_files, load_cases, run_cases, summary
     from gateway.rules import load_rules
+    from gateway.ruletest import case_files, load_cases, run_cases, summary
 
     route_policies: dict[str, str | None] = {}
     resolve = None

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -112,7 +113,23 @@ def banner(
     return "\n".join(lines)
 
 
-async def run_demo(host: str = "127.0.0.1", port: int = 8080, upstream_port: int = 9000) -> None:
+@dataclass
+class Demo:
+    """A running demo: the legacy upstream, the gateway and the tokens it printed."""
+
+    gateway: Gateway
+    upstream: web.AppRunner
+    gateway_url: str
+    upstream_url: str
+    tokens: list[tuple[str, str, str]]
+    secret: str
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        await self.upstream.cleanup()
+
+
+async def start_demo(host: str = "127.0.0.1", port: int = 8080, upstream_port: int = 9000) -> Demo:
     upstream_url = f"http://{host}:{upstream_port}"
     env = demo_env(host, port, upstream_url)
     config = load_config(DEMO_CONFIG, env=env)
@@ -122,9 +139,20 @@ async def run_demo(host: str = "127.0.0.1", port: int = 8080, upstream_port: int
     await web.TCPSite(runner, host, upstream_port).start()
     gateway = Gateway(config, compiled)
     await gateway.start()
-    tokens = demo_tokens(config, compiled, env)
-    url = f"http://{host}:{port}"
-    print(banner(url, upstream_url, tokens, env["GATEWAY_DEMO_SECRET"]), flush=True)
+    gw_host, gw_port = gateway.addresses[0]
+    return Demo(
+        gateway,
+        runner,
+        f"http://{gw_host}:{gw_port}",
+        upstream_url,
+        demo_tokens(config, compiled, env),
+        env["GATEWAY_DEMO_SECRET"],
+    )
+
+
+async def run_demo(host: str = "127.0.0.1", port: int = 8080, upstream_port: int = 9000) -> None:
+    demo = await start_demo(host, port, upstream_port)
+    print(banner(demo.gateway_url, demo.upstream_url, demo.tokens, demo.secret), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,5 +161,4 @@ async def run_demo(host: str = "127.0.0.1", port: int = 8080, upstream_port: int
         await stop.wait()
     finally:
         log.info("stopping demo")
-        await gateway.stop()
-        await runner.cleanup()
+        await demo.stop()
