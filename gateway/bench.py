@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,10 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def _process(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _process(
+    args: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         _wait_port(port)
         yield proc
@@ -57,12 +58,14 @@ def _process(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=30)
 
 
-async def _load(url: str, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+async def _load(
+    url: str, seconds: float, concurrency: int, headers: dict[str, str] | None = None
+) -> tuple[float, list[float]]:
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
 
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
@@ -87,74 +90,95 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
 
 
-def bench_proxy(seconds: float, concurrency: int, path: str) -> dict[str, float]:
-    up_port, gw_port = _free_port(), _free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "gateway.yaml"
-        cfg.write_text(
-            f"listen: 127.0.0.1:{gw_port}\n"
-            f"upstreams: {{demo: {{url: 'http://127.0.0.1:{up_port}'}}}}\n"
-            "routes: [{name: pass, path: '/**', methods: [GET], upstream: demo}]\n",
-            encoding="utf-8",
-        )
-        py = sys.executable
-        upstream = [
-            py,
-            "-m",
-            "gateway.demo.upstream",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(up_port),
-        ]
-        with (
-            _process(upstream, up_port),
-            _process([py, "-m", "gateway", "serve", "-c", str(cfg)], gw_port),
-        ):
-            direct_rps, direct = asyncio.run(
-                _load(f"http://127.0.0.1:{up_port}{path}", seconds, concurrency)
-            )
-            via_rps, via = asyncio.run(
-                _load(f"http://127.0.0.1:{gw_port}{path}", seconds, concurrency)
-            )
+BENCH_SECRET = "bench-only-signing-key-0123456789abcdef0123456789"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stats(prefix: str, rps: float, lat: list[float]) -> dict[str, float]:
     return {
-        "direct_rps": direct_rps,
-        "direct_p50_ms": _pct(direct, 0.50),
-        "direct_p99_ms": _pct(direct, 0.99),
-        "gateway_rps": via_rps,
-        "gateway_p50_ms": _pct(via, 0.50),
-        "gateway_p99_ms": _pct(via, 0.99),
-        "ratio": via_rps / direct_rps,
-        "added_p50_ms": _pct(via, 0.50) - statistics.median(direct) * 1000,
+        f"{prefix}_rps": rps,
+        f"{prefix}_p50_ms": _pct(lat, 0.50),
+        f"{prefix}_p99_ms": _pct(lat, 0.99),
     }
+
+
+def _gateway_yaml(gw_port: int, up_port: int, masked: bool) -> str:
+    head = (
+        f"listen: 127.0.0.1:{gw_port}\nupstreams: {{demo: {{url: 'http://127.0.0.1:{up_port}'}}}}\n"
+    )
+    if not masked:
+        return (
+            head
+            + "routes: [{name: pass, path: '/**', methods: [GET], upstream: demo, auth: none}]\n"
+        )
+    return head + (
+        "auth: {issuers: [{issuer: bench, audience: gw, hmac_secret_env: BENCH_SECRET,"
+        " algorithms: [HS256]}]}\n"
+        f"rules: {ROOT / 'rules'}\n"
+        "routes: [{name: masked, path: '/**', methods: [GET], upstream: demo, policy: customer}]\n"
+    )
+
+
+def bench_proxy(seconds: float, concurrency: int, paths: list[str]) -> dict[str, dict[str, float]]:
+    """Each path directly, through a pass-through route, and through a masked route
+    (a confidential caller, the shipped rule pack): one gateway process at a time."""
+    from gateway.auth.devtoken import mint_token
+
+    up_port = _free_port()
+    token = mint_token(
+        {"sub": "bench", "clearance": "confidential"},
+        BENCH_SECRET.encode(),
+        issuer="bench",
+        audience="gw",
+    )
+    env = {**os.environ, "BENCH_SECRET": BENCH_SECRET, "GATEWAY_HASH_KEY": "bench-hash-key"}
+    py = sys.executable
+    upstream = [py, "-m", "gateway.demo.upstream", "--host", "127.0.0.1", "--port", str(up_port)]
+    results: dict[str, dict[str, float]] = {p: {} for p in paths}
+    with tempfile.TemporaryDirectory() as tmp, _process(upstream, up_port):
+        for path in paths:
+            direct = asyncio.run(_load(f"http://127.0.0.1:{up_port}{path}", seconds, concurrency))
+            results[path] |= _stats("direct", *direct)
+        for mode, masked in (("pass", False), ("masked", True)):
+            gw_port = _free_port()
+            cfg = Path(tmp) / f"{mode}.yaml"
+            cfg.write_text(_gateway_yaml(gw_port, up_port, masked), encoding="utf-8")
+            headers = {"Authorization": f"Bearer {token}"} if masked else None
+            with _process([py, "-m", "gateway", "serve", "-c", str(cfg)], gw_port, env):
+                for path in paths:
+                    url = f"http://127.0.0.1:{gw_port}{path}"
+                    results[path] |= _stats(
+                        mode, *asyncio.run(_load(url, seconds, concurrency, headers))
+                    )
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway.bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 5)))
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--path", default="/api/customers/1")
+    parser.add_argument(
+        "--path",
+        action="append",
+        help="paths to load (default: one customer, and a 20-record page)",
+    )
     args = parser.parse_args(argv)
+    paths = args.path or ["/api/customers/1", "/api/customers?page=1&size=20"]
 
-    print(f"proxy: GET {args.path}, {args.concurrency} connections, {args.seconds:g} s each")
-    r = bench_proxy(args.seconds, args.concurrency, args.path)
-    print(
-        f"  direct   {r['direct_rps']:8.0f} req/s  p50 {r['direct_p50_ms']:6.2f} ms  "
-        f"p99 {r['direct_p99_ms']:6.2f} ms"
-    )
-    print(
-        f"  gateway  {r['gateway_rps']:8.0f} req/s  p50 {r['gateway_p50_ms']:6.2f} ms  "
-        f"p99 {r['gateway_p99_ms']:6.2f} ms"
-    )
-    print(f"  ratio    {r['ratio']:.2f} (gateway/direct)  added p50 {r['added_p50_ms']:.2f} ms")
+    print(f"proxy: {args.concurrency} connections, {args.seconds:g} s per measurement")
+    for path, r in bench_proxy(args.seconds, args.concurrency, paths).items():
+        print(f"  GET {path}")
+        for mode in ("direct", "pass", "masked"):
+            print(
+                f"    {mode:7s} {r[mode + '_rps']:8.0f} req/s  p50 {r[mode + '_p50_ms']:6.2f} ms"
+                f"  p99 {r[mode + '_p99_ms']:6.2f} ms  ({r[mode + '_rps'] / r['direct_rps']:.2f}x)"
+            )
 
-    try:
-        from gateway.rules.bench import bench_masking
-    except ImportError:
-        return 0
-    print("masking:")
+    from gateway.rules.bench import bench_masking
+
+    print("masking (CPU per response, shipped rule pack):")
     for name, value in bench_masking().items():
-        print(f"  {name:40s} {value:10.3f}")
+        print(f"  {name:48s} {value:12.3f}")
     return 0
 
 

@@ -43,6 +43,7 @@ class Exchange:
     reason: str | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None
+    peer: str = ""  # the socket peer (a trusted proxy, or the client itself)
     forwarded_for: str | None = None  # inbound X-Forwarded-For chain, when a trusted proxy sent it
     records: int = 0
     entities: list[str] = field(default_factory=list)

@@ -7,9 +7,8 @@ Request (caller → upstream):
   ``X-Forwarded-*``/``Forwarded``/``X-Real-IP`` (a caller must not choose the
   address the upstream sees) and any header the gateway itself sets towards
   the upstream (identity headers, the request id).
-- ``X-Forwarded-For`` carries the client address as the gateway determined it
-  (the socket peer, or the address a trusted proxy vouched for) appended to a
-  chain only vouched for by a trusted proxy; ``X-Forwarded-Proto`` and
+- ``X-Forwarded-For`` is the socket peer, appended to the inbound chain only
+  when the peer is a trusted proxy (otherwise the caller's chain is dropped); ``X-Forwarded-Proto`` and
   ``X-Forwarded-Host`` describe the gateway's listener.
 
 Response (upstream → caller):

@@ -93,16 +93,21 @@ def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
     own.extend(ex.route.upstream.config.headers.items())
     headers = upstream_request_headers(
         ex.request.headers,
-        client_ip=ex.client_ip,
+        # Each hop appends the peer it heard from (the chain's own convention).
+        client_ip=ex.peer,
         forwarded_for=ex.forwarded_for,
         proto=ex.request.scheme,
         host=ex.request.headers.get("Host"),
         set_headers=own,
-        # Inbound copies of identity headers go even when the gateway sets none.
-        strip=(cfg.identity_headers.subject, cfg.identity_headers.clearance),
+        # Inbound copies of identity headers go even when the gateway sets none; the
+        # caller's token goes unless the route forwards it (static upstream credentials,
+        # set after stripping, are the gateway's own and stay).
+        strip=(
+            cfg.identity_headers.subject,
+            cfg.identity_headers.clearance,
+            *(() if ex.route.config.forward_token else ("Authorization",)),
+        ),
     )
-    if not ex.route.config.forward_token:
-        headers.popall("Authorization", None)
     if ex.route.policy is not None:
         # The caller must only ever get a whole body that the policy has seen:
         # no partial content, no "not modified" against an unmasked validator.

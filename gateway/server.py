@@ -74,6 +74,7 @@ class Gateway:
             ),
             started=time.perf_counter(),
             client_ip=client_ip(peer, xff, trusted) if via_proxy else peer,
+            peer=peer,
             forwarded_for=xff,
         )
         return await self.chain(ex)

@@ -243,3 +243,45 @@ async def test_min_level_and_rs256_over_a_real_jwks(
         assert [h["X-Gateway-Clearance"] for h in rec.seen] == ["secret"]
     finally:
         await gateway.stop()
+
+
+async def test_static_upstream_credentials_and_trusted_proxy_chain(
+    upstream_factory: UpstreamFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.config import load_config
+
+    monkeypatch.setenv("LEGACY_BASIC", "bGVnYWN5OnB3")
+    rec = Recorder()
+    up = await upstream_factory(rec.app)
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(
+        "listen: 127.0.0.1:0\n"
+        f"upstreams: {{app: {{url: '{up}', headers: {{Authorization: 'Basic ${{LEGACY_BASIC}}'}}}}}}\n"
+        "trusted_proxies: [127.0.0.0/8]\n"
+        "routes:\n"
+        "  - {name: a, path: '/a/**', upstream: app, auth: none}\n"
+        "  - {name: lan, path: '/lan/**', upstream: app, auth: none, allow_networks: [10.0.0.0/8]}\n",
+        encoding="utf-8",
+    )
+    config = load_config(cfg)
+    gateway = Gateway(config, compile_config(config))
+    await gateway.start()
+    host, port = gateway.addresses[0]
+    base = f"http://{host}:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            # The caller's own Authorization never replaces the upstream's static credentials.
+            hdrs = {"X-Forwarded-For": "203.0.113.9, 10.1.2.3", "Authorization": "Bearer x"}
+            async with s.get(base + "/a/x", headers=hdrs) as resp:
+                assert resp.status == 200
+            # Our trusted proxy (the loopback peer) vouches for 10.1.2.3: the LAN route opens.
+            async with s.get(base + "/lan/x", headers={"X-Forwarded-For": "10.1.2.3"}) as resp:
+                assert resp.status == 200
+            async with s.get(base + "/lan/x", headers={"X-Forwarded-For": "8.8.8.8"}) as resp:
+                assert resp.status == 403
+    finally:
+        await gateway.stop()
+    assert rec.seen[0]["Authorization"] == "Basic bGVnYWN5OnB3"
+    # The trusted chain is extended with the peer the gateway heard from.
+    assert rec.seen[0]["X-Forwarded-For"] == "203.0.113.9, 10.1.2.3, 127.0.0.1"
+    assert len(rec.seen) == 2
