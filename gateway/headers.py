@@ -8,7 +8,8 @@ Request (caller → upstream):
   address the upstream sees) and any header the gateway itself sets towards
   the upstream (identity headers, the request id).
 - ``X-Forwarded-For`` is the socket peer, appended to the inbound chain only
-  when the peer is a trusted proxy (otherwise the caller's chain is dropped); ``X-Forwarded-Proto`` and
+  when the peer is a trusted proxy (otherwise the caller's chain is
+  dropped); ``X-Forwarded-Proto`` and
   ``X-Forwarded-Host`` describe the gateway's listener.
 
 Response (upstream → caller):

@@ -256,11 +256,13 @@ async def test_static_upstream_credentials_and_trusted_proxy_chain(
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(
         "listen: 127.0.0.1:0\n"
-        f"upstreams: {{app: {{url: '{up}', headers: {{Authorization: 'Basic ${{LEGACY_BASIC}}'}}}}}}\n"
+        "upstreams:\n"
+        f"  app: {{url: '{up}', headers: {{Authorization: 'Basic ${{LEGACY_BASIC}}'}}}}\n"
         "trusted_proxies: [127.0.0.0/8]\n"
         "routes:\n"
         "  - {name: a, path: '/a/**', upstream: app, auth: none}\n"
-        "  - {name: lan, path: '/lan/**', upstream: app, auth: none, allow_networks: [10.0.0.0/8]}\n",
+        "  - {name: lan, path: '/lan/**', upstream: app, auth: none,\n"
+        "     allow_networks: [10.0.0.0/8]}\n",
         encoding="utf-8",
     )
     config = load_config(cfg)
