@@ -12,6 +12,7 @@ RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 WORKDIR /etc/gateway
 COPY rules ./rules
 COPY deploy/gateway.yaml ./gateway.yaml
+COPY deploy/compose.yaml ./compose.yaml
 RUN sed -i 's#^rules: ../rules/#rules: rules/#' gateway.yaml
 USER gateway
 EXPOSE 8080 9090
