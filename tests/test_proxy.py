@@ -14,6 +14,16 @@ from aiohttp import web
 from tests.conftest import GatewayFactory, UpstreamFactory, free_port
 
 
+async def raw_get(gw: str, target: str) -> bytes:
+    """Send a request target exactly as written (clients would normalise it first)."""
+    reader, writer = await asyncio.open_connection(*gw.removeprefix("http://").split(":"))
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    return raw
+
+
 class Echo:
     """An upstream that records what it received and answers with it as JSON."""
 
@@ -175,11 +185,7 @@ async def test_forwards_exactly_the_normalised_path(
     echo_gateway: tuple[Echo, str], target: str, forwarded: str
 ) -> None:
     echo, gw = echo_gateway
-    reader, writer = await asyncio.open_connection(*gw.removeprefix("http://").split(":"))
-    writer.write(f"GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
+    raw = await raw_get(gw, target)
     assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
     assert echo.seen[-1]["raw_path"] == forwarded
 
@@ -202,11 +208,7 @@ async def test_ambiguous_paths_are_400_and_never_forwarded(
     echo_gateway: tuple[Echo, str], target: str
 ) -> None:
     echo, gw = echo_gateway
-    reader, writer = await asyncio.open_connection(*gw.removeprefix("http://").split(":"))
-    writer.write(f"GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
+    raw = await raw_get(gw, target)
     assert raw.startswith(b"HTTP/1.1 400"), raw[:200]
     assert b"application/problem+json" in raw
     assert echo.seen == []
@@ -219,11 +221,7 @@ async def test_dot_segments_cannot_escape_into_an_unlisted_path(
     async with client.get(gw + "/api/../admin", allow_redirects=False) as resp:
         # aiohttp's client normalises too; send raw below to be sure.
         assert resp.status == 404
-    reader, writer = await asyncio.open_connection(*gw.removeprefix("http://").split(":"))
-    writer.write(b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
+    raw = await raw_get(gw, "/api/%2e%2e/admin")
     assert raw.startswith(b"HTTP/1.1 404")
     assert echo.seen == []
 

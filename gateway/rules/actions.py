@@ -83,7 +83,7 @@ def _float_text(v: float) -> str | None:
     return repr(v) if v == v and v not in (float("inf"), float("-inf")) else None
 
 
-def _text_of(v: Any) -> str | None:
+def scalar_text(v: Any) -> str | None:
     """The JSON text a mask or hash works on: strings and numbers only."""
     t = type(v)
     if t is str:
@@ -103,7 +103,7 @@ def mask_transform(fn: MaskFn) -> Transform:
             return fn(v)
         if v is None:
             return None
-        text = _text_of(v)
+        text = scalar_text(v)
         return MARKER if text is None else fn(text)
 
     return transform
@@ -141,7 +141,7 @@ def hash_transform(key: bytes, length: int) -> Transform:
             return None
         if type(v) is bool:
             return digest("true" if v else "false")
-        text = _text_of(v)
+        text = scalar_text(v)
         return MARKER if text is None else digest(text)
 
     return transform

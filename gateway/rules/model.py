@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.jsoncodec import Number
 from gateway.jsonpath import JSONPath
-from gateway.rules.actions import DROP, SEVERITY, Action, Transform
+from gateway.rules.actions import DROP, SEVERITY, Action, Transform, scalar_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,17 +142,6 @@ class Records:
 NO_RECORDS = Records(0, ())
 
 
-def _id_text(v: Any) -> str | None:
-    t = type(v)
-    if t is str:
-        return v  # type: ignore[no-any-return]
-    if t is int:
-        return str(v)
-    if t is Number:
-        return v.text  # type: ignore[no-any-return]
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class RecordSpec:
     """``records: {path, id}``: what one customer record is, and its id member."""
@@ -166,7 +154,7 @@ class RecordSpec:
         ids: dict[str, None] = {}
         for rec in found:
             if isinstance(rec, dict):
-                text = _id_text(rec.get(self.id_key))
+                text = scalar_text(rec.get(self.id_key))
                 if text is not None:
                     ids[text] = None
         return Records(len(found), tuple(ids))
