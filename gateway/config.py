@@ -142,6 +142,13 @@ class RecordsConfig(_Model):
     id: str
 
 
+class PageSizeConfig(_Model):
+    """Clamp a page-size query parameter so one request cannot pull a whole table."""
+
+    param: str = "size"
+    max: int = Field(ge=1)
+
+
 class RouteConfig(_Model):
     name: str
     path: str
@@ -156,6 +163,7 @@ class RouteConfig(_Model):
     # Content types (e.g. text/csv) a policy route may pass through unmasked.
     pass_through: list[str] = Field(default_factory=list)
     forward_token: bool = False
+    page_size: PageSizeConfig | None = None
 
     @field_validator("name")
     @classmethod

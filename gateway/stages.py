@@ -17,6 +17,7 @@ from gateway.auth.verify import AuthError
 from gateway.exchange import Exchange, Handler
 from gateway.paths import PathError, split_target
 from gateway.problem import problem
+from gateway.query import QueryError, clamp_page_size
 from gateway.routing import Match, MethodNotAllowed
 
 log = logging.getLogger("gateway")
@@ -68,6 +69,13 @@ async def route(ex: Exchange, call_next: Handler) -> web.StreamResponse:
     found = ex.runtime.router.resolve(ex.path, ex.request.method)
     if isinstance(found, Match):
         ex.route = found.target
+        page = ex.route.config.page_size
+        if page is not None:
+            try:
+                ex.query = clamp_page_size(ex.query, page.param, page.max)
+            except QueryError as exc:
+                ex.deny("deny_route", "bad_query")
+                return problem(400, ex.request_id, f"Invalid query: {exc}.")
         return await call_next(ex)
     if isinstance(found, MethodNotAllowed):
         ex.deny("deny_route", "method_not_allowed")

@@ -415,3 +415,18 @@ async def test_request_id_is_propagated_when_sane_and_replaced_when_not(
     async with client.get(gw + "/api/x", headers={"X-Request-ID": "bad id\twith spaces"}) as resp:
         assert resp.headers["X-Request-ID"] != "bad id\twith spaces"
     assert echo.seen[0]["headers"]["X-Request-ID"] == "abc-123"
+
+
+async def test_page_size_is_clamped_and_duplicates_refused(
+    upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory
+) -> None:
+    echo = Echo()
+    url = await upstream_factory(echo.app)
+    gw = await gateway_factory(
+        {"app": {"url": url}},
+        [{"name": "list", "path": "/api/**", "upstream": "app", "page_size": {"max": 50}}],
+    )
+    assert (await raw_get(gw, "/api/c?page=1&size=100000")).startswith(b"HTTP/1.1 200")
+    assert echo.seen[-1]["raw_path"] == "/api/c?page=1&size=50"
+    assert (await raw_get(gw, "/api/c?size=1&size=100000")).startswith(b"HTTP/1.1 400")
+    assert len(echo.seen) == 1
