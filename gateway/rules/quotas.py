@@ -1,10 +1,12 @@
 """``quotas:`` entries of a policy: validated and stored here, enforced elsewhere.
 
 Each entry is ``{name, per, window, alert_*, max_*}`` where ``per`` is
-``subject`` or ``client_ip``, ``window`` a duration (``90s``, ``15m``, ``1h``,
-``1d`` or whole seconds) and the thresholds count ``records``, ``distinct``
-customers or ``requests`` within the sliding window. An ``alert_`` threshold
-above the matching ``max_`` would never fire and is rejected.
+``subject`` (the default), ``client_ip`` or ``subject_route`` (the subject on
+one route: each route the quota applies to has its own budget), ``window``
+a duration (``90s``, ``15m``, ``1h``, ``1d`` or whole seconds) and the
+thresholds count ``records``, ``distinct`` customers or ``requests`` within
+the sliding window. An ``alert_`` threshold above the matching ``max_`` would
+never fire and is rejected.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gateway.errors import KeyPath
 from gateway.rules.model import Quota
 
 METRICS = ("records", "distinct", "requests")
-PER = ("subject", "client_ip")
+PER = ("subject", "client_ip", "subject_route")
 QUOTA_KEYS = (
     "name",
     "per",

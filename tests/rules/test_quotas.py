@@ -64,7 +64,7 @@ def test_invalid_quotas() -> None:
     assert problems == [
         "quotas.0.colour: unknown key (allowed: name, per, window, alert_records, "
         "alert_distinct, alert_requests, max_records, max_distinct, max_requests)",
-        "quotas.0.per: must be one of: subject, client_ip",
+        "quotas.0.per: must be one of: subject, client_ip, subject_route",
         "quotas.0.window: must be a duration like 90s, 15m, 1h, 1d",
         "quotas.0.max_records: must be a positive integer",
         "quotas.0: needs at least one alert_* or max_* threshold",
@@ -78,3 +78,11 @@ def test_invalid_quotas() -> None:
 def test_quotas_must_be_a_list() -> None:
     assert parse({"name": "q"}) == ((), ["quotas: must be a list of quotas"])
     assert parse(None) == ((), [])
+
+
+def test_per_subject_route() -> None:
+    quotas, problems = parse(
+        [{"name": "q", "per": "subject_route", "window": "1h", "max_records": 5}]
+    )
+    assert problems == []
+    assert quotas[0].per == "subject_route"

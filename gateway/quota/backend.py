@@ -1,0 +1,58 @@
+"""The state-backend interface every quota store implements, and its one error.
+
+Backends hold the windows; ``gateway.quota.engine`` says what they mean. All
+backends give the same decisions for the same sequence of calls (one test suite
+runs against each). ``now`` is seconds; ``None`` means the backend's own clock
+(the Redis server's clock for Redis, so gateway hosts with skewed clocks agree;
+a monotonic clock in memory). Tests pass explicit times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.quota.engine import Decision, KeyParts
+from gateway.rules.model import Quota
+
+
+class StateUnavailable(Exception):
+    """The state store could not answer in time; the route's ``on_failure`` decides."""
+
+
+class QuotaBackend(Protocol):
+    async def precheck(
+        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+    ) -> Decision:
+        """Block a caller already at a limit; otherwise count the request."""
+        ...
+
+    async def account(
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        records: int,
+        ids: Sequence[str],
+        now: float | None = None,
+    ) -> Decision:
+        """Refuse a response that would exceed a limit; otherwise count it."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise :class:`StateUnavailable` otherwise."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_backend(
+    redis_url: str | None, *, timeout: float = 0.5, id_key: bytes = b""
+) -> QuotaBackend:
+    """The backend for ``state:``: Redis when a URL is given, else in-process memory."""
+    # Imported here: both modules import this one for the interface and error.
+    from gateway.quota.memory import MemoryBackend
+    from gateway.quota.redisstore import RedisBackend
+
+    if redis_url is None:
+        return MemoryBackend(id_key=id_key)
+    return RedisBackend(redis_url, timeout=timeout, id_key=id_key)

@@ -1,0 +1,316 @@
+"""Quota semantics: sliding-window logs, decisions and RateLimit headers (no I/O).
+
+Rules
+=====
+
+A quota (``gateway.rules.model.Quota``) counts, per caller key and within a
+sliding window of ``window`` seconds, three metrics:
+
+``records``
+    customer records returned. Each accepted response is one *event*
+    ``(ts, n)``; usage at ``t`` is the sum of ``n`` over events with
+    ``ts > t - window``.
+``distinct``
+    distinct customers returned. Each customer id has a *last-seen* time,
+    refreshed by every accepted response that carries it; usage at ``t`` is the
+    number of ids with ``last_seen > t - window``. Exact: sets, not sketches.
+``requests``
+    requests that passed the pre-check; usage counts their timestamps the same
+    way.
+
+This is a sliding-window *log*, not a fixed or approximated window: usage drops
+exactly when an entry is ``window`` old, so there is no double burst at window
+edges. Two moments use it:
+
+``precheck`` (before the upstream is contacted)
+    Blocked when, for any quota, the next request would exceed
+    ``max_requests`` (``used + 1 > max``) or records usage is already at or
+    over ``max_records`` (any record would go over). ``max_distinct`` is not
+    pre-checked: a caller at the limit may still re-read the customers it
+    already has (a teller reopening today's customer); a response with a new
+    customer is refused on account. If nothing blocks, the request is counted
+    (atomically with the check) in every quota that tracks requests.
+``account`` (after the masked response is ready)
+    Refused when adding this response would take any quota over
+    ``max_records`` (``used + n > max``) or ``max_distinct``
+    (``|ids in window ∪ ids of response| > max``). A refused response changes
+    nothing (it is not counted); an accepted one adds its event and refreshes
+    its ids, in every quota at once.
+
+``retry_after`` is the whole number of seconds (rounded up, at least 1) until
+enough old entries leave the window for the blocked call to pass, assuming no
+other activity meanwhile: one more request, one more record / customer on a
+pre-check, or *this* response on account (entries the response itself would
+refresh do not help; if the response alone exceeds a max it can never fit and
+the answer is the window length). With several blocking metrics the largest
+wait wins and names the blocking quota and metric.
+
+``alert`` lists the metrics whose ``alert_*`` threshold is reached (usage >=
+threshold) after the call; ``crossed`` those this very call took from below
+to at-or-above, so a metric counts one alert event per crossing, not one per
+request while the caller stays above.
+
+Only metrics a quota declares (``alert_*`` or ``max_*``) are tracked: a quota
+with only ``max_records`` keeps no id set. Untracked metrics read ``None``.
+
+Keys
+====
+
+``per: subject`` keys on the token subject, ``subject_route`` on subject and
+route name, ``client_ip`` on the client address. An anonymous caller (no
+subject) on a ``subject``/``subject_route`` quota is keyed by its client
+address instead of sharing one bucket with every other anonymous caller.
+
+Subjects, addresses and customer ids are never stored in clear: they become
+keyed BLAKE2b digests (``id_key``: the deployment's hash key, so a stored
+digest of a low-entropy ID-card number cannot be brute-forced from the state
+store alone). Quota and route names come from the rules and are percent-escaped
+so they cannot break the key layout.
+
+Every bucket has a *tag*: ``s:<digest of subject>`` or ``i:<digest of
+address>``. All quotas of one call with the same tag are decided atomically in
+one step (the Redis backend puts the tag in a ``{...}`` hash tag, so one script
+covers them on one Cluster slot). ``subject`` and ``subject_route`` quotas share
+the subject's tag; ``client_ip`` quotas (and anonymous callers) use the
+address's tag.
+
+A usage whose bucket is shared with other callers (``client_ip``, or anonymous)
+is marked ``shared`` and never exposed in RateLimit headers: those numbers
+describe other people's traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gateway.rules.model import Quota
+
+METRICS = ("records", "distinct", "requests")
+
+# Units for the draft's ``qu`` parameter; "requests" is the draft's default
+# and is therefore left out of the header.
+_UNITS = {"records": "records", "distinct": "distinct-customers"}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyParts:
+    """What identifies the caller for quota keys."""
+
+    subject: str | None
+    client_ip: str
+    route: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Where one quota's state lives for one caller.
+
+    ``tag`` groups buckets decided atomically together; ``name`` is unique
+    within the tag; ``shared`` means other callers count into it too.
+    """
+
+    tag: str
+    name: str
+    shared: bool
+
+
+def tracked(quota: Quota) -> tuple[bool, bool, bool]:
+    """(records, distinct, requests): the metrics the quota declares."""
+    on = [m in quota.limits or m in quota.alerts for m in METRICS]
+    return on[0], on[1], on[2]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _escape(name: str) -> str:
+    # ``:``, ``{``, ``}`` and anything non-ASCII become %XX so a name can never
+    # add a key segment or a hash tag.
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
+
+
+class Keyer:
+    """The key scheme, keyed with the deployment's hash key (built once)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, id_key: bytes = b"") -> None:
+        # BLAKE2b takes a key of at most 64 bytes; longer keys are hashed first.
+        self._key = id_key if len(id_key) <= 64 else hashlib.sha256(id_key).digest()
+
+    def _digest(self, text: str, person: bytes, size: int) -> bytes:
+        return hashlib.blake2b(
+            text.encode("utf-8", "surrogatepass"), digest_size=size, key=self._key, person=person
+        ).digest()
+
+    def bucket(self, quota: Quota, parts: KeyParts) -> Bucket:
+        name = _escape(quota.name)
+        if parts.subject is None or quota.per == "client_ip":
+            tag = "i:" + self._digest(parts.client_ip, b"gw-quota-ip", 12).hex()
+            shared = True
+        else:
+            tag = "s:" + self._digest(parts.subject, b"gw-quota-sub", 12).hex()
+            shared = False
+        kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
+        if quota.per == "subject_route":
+            name += ":" + _escape(parts.route)
+        return Bucket(tag, f"{kind}:{name}", shared)
+
+    def ids(self, ids: Sequence[str]) -> list[bytes]:
+        """Digests of customer ids, duplicates removed, order kept."""
+        out = dict.fromkeys(self._digest(i, b"gw-quota-id", 16) for i in ids)
+        return list(out)
+
+
+@dataclass(slots=True)
+class Observation:
+    """What a backend saw for one quota in one call (times in milliseconds).
+
+    ``used`` is after the call (tracked metrics only), ``added`` what the call
+    itself added (nothing when blocked), ``reset_ms`` the time until the oldest
+    counted entry leaves the window (metrics in use only), ``retry_ms`` the
+    wait for each metric that blocks the call.
+    """
+
+    used: dict[str, int] = field(default_factory=dict)
+    added: dict[str, int] = field(default_factory=dict)
+    reset_ms: dict[str, int] = field(default_factory=dict)
+    retry_ms: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    """One quota's usage after a call, as reported to audit, metrics and headers."""
+
+    name: str
+    window: int
+    limits: Mapping[str, int]
+    used: Mapping[str, int]
+    alert: tuple[str, ...]
+    crossed: tuple[str, ...]
+    reset: Mapping[str, int]
+    shared: bool
+
+    @property
+    def used_records(self) -> int | None:
+        return self.used.get("records")
+
+    @property
+    def used_distinct(self) -> int | None:
+        return self.used.get("distinct")
+
+    @property
+    def used_requests(self) -> int | None:
+        return self.used.get("requests")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of a pre-check or an account call.
+
+    ``quota``/``metric``/``retry_after`` are set when not ``allowed``;
+    ``retry_after`` is whole seconds, at least 1.
+    """
+
+    allowed: bool
+    usage: Mapping[str, QuotaUsage]
+    quota: str | None = None
+    metric: str | None = None
+    retry_after: int | None = None
+
+
+def to_ms(now: float) -> int:
+    """Seconds to the integer milliseconds both backends keep."""
+    return round(now * 1000)
+
+
+def seconds(ms: int) -> int:
+    """Milliseconds to whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(ms / 1000))
+
+
+def decide(
+    quotas: Sequence[Quota], buckets: Sequence[Bucket], obs: Sequence[Observation]
+) -> Decision:
+    """Fold per-quota observations into one decision (the same for every backend)."""
+    usage: dict[str, QuotaUsage] = {}
+    worst: tuple[int, str, str] | None = None
+    for q, b, o in zip(quotas, buckets, obs, strict=True):
+        alert: list[str] = []
+        crossed: list[str] = []
+        for m, threshold in q.alerts.items():
+            used = o.used.get(m)
+            if used is not None and used >= threshold:
+                alert.append(m)
+                if used - o.added.get(m, 0) < threshold:
+                    crossed.append(m)
+        usage[q.name] = QuotaUsage(
+            q.name,
+            q.window,
+            q.limits,
+            dict(o.used),
+            tuple(sorted(alert, key=METRICS.index)),
+            tuple(sorted(crossed, key=METRICS.index)),
+            {m: (seconds(ms) if ms > 0 else 0) for m, ms in o.reset_ms.items()},
+            b.shared,
+        )
+        for m in METRICS:
+            ms = o.retry_ms.get(m)
+            # Strictly greater: on a tie the first quota (file order) names the block.
+            if ms is not None and (worst is None or ms > worst[0]):
+                worst = (ms, q.name, m)
+    if worst is None:
+        return Decision(True, usage)
+    return Decision(False, usage, worst[1], worst[2], seconds(worst[0]))
+
+
+def _sf_string(text: str) -> str:
+    # RFC 8941 sf-string: printable ASCII only, with " and \ escaped.
+    clean = "".join(c if " " <= c <= "~" else "_" for c in text)
+    return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ratelimit_headers(decision: Decision) -> dict[str, str]:
+    """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers).
+
+    One policy: the blocking quota/metric, else the caller's most constrained
+    limit (smallest remaining share, then smallest remaining). ``t`` is the
+    retry delay when blocked, else the seconds until the oldest counted entry
+    frees a unit (0 when nothing is counted). Shared buckets (per client_ip,
+    anonymous callers) are never disclosed; a block by one yields no headers
+    (``Retry-After`` alone tells the caller when to come back).
+    """
+    pick: tuple[QuotaUsage, str, int, int] | None = None
+    if not decision.allowed:
+        assert decision.quota is not None and decision.metric is not None
+        u = decision.usage[decision.quota]
+        if u.shared:
+            return {}
+        pick = (u, decision.metric, 0, decision.retry_after or 1)
+    else:
+        best: tuple[float, int] | None = None
+        for u in decision.usage.values():
+            if u.shared:
+                continue
+            for m in METRICS:
+                limit = u.limits.get(m)
+                if limit is None:
+                    continue
+                remaining = max(0, limit - u.used.get(m, 0))
+                rank = (remaining / limit, remaining)
+                if best is None or rank < best:
+                    best = rank
+                    pick = (u, m, remaining, u.reset.get(m, 0))
+    if pick is None:
+        return {}
+    u, m, remaining, reset = pick
+    name = _sf_string(u.name)
+    unit = f';qu="{_UNITS[m]}"' if m in _UNITS else ""
+    return {
+        "RateLimit-Policy": f"{name};q={u.limits[m]};w={u.window}{unit}",
+        "RateLimit": f"{name};r={remaining};t={reset}",
+    }

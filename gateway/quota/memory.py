@@ -1,0 +1,243 @@
+"""In-process quota state: the embedded default (one process, no sharing).
+
+Each bucket is a :class:`Window` of three logs in time order: request times, a
+deque of ``(ts, n)`` events with their running total, and an insertion-ordered
+dict of id digest -> last-seen (a refreshed id moves to the end, so the dict
+stays ordered by last-seen). Pruning pops from the front, so a call costs
+O(entries expired + ids in the response), and the retry computation, only on a
+block, walks at most the entries that must expire.
+
+Decisions never await, so each call is atomic across all its quotas on the
+event loop. Times are integer milliseconds, like the Redis backend, and a
+window never goes back in time (a clock step backwards is clamped) so its logs
+stay sorted.
+
+Memory: with a ``max_*`` the log it limits holds at most ``max`` entries (a
+blocked or refused call adds nothing); a metric with only ``alert_*`` holds
+what the caller received within the window. A bucket untouched for its
+window is empty and is dropped: buckets live in least-recently-used order and
+every call drops the expired ones at the front, so at most the buckets touched
+within the longest window stay in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+
+from gateway.quota.engine import (
+    Bucket,
+    Decision,
+    Keyer,
+    KeyParts,
+    Observation,
+    decide,
+    to_ms,
+    tracked,
+)
+from gateway.rules.model import Quota
+
+
+class Window:
+    """One bucket's logs. Methods take ``now`` in ms and the window length ``w``."""
+
+    __slots__ = ("events", "ids", "last", "records", "requests")
+
+    def __init__(self) -> None:
+        self.requests: deque[int] = deque()
+        self.events: deque[tuple[int, int]] = deque()
+        self.records = 0
+        self.ids: OrderedDict[bytes, int] = OrderedDict()
+        self.last = 0
+
+    def clock(self, now: int) -> int:
+        self.last = max(self.last, now)
+        return self.last
+
+    def prune(self, now: int, w: int) -> None:
+        cutoff = now - w  # an entry counts while ts > now - w
+        while self.requests and self.requests[0] <= cutoff:
+            self.requests.popleft()
+        while self.events and self.events[0][0] <= cutoff:
+            self.records -= self.events.popleft()[1]
+        ids = self.ids
+        while ids:
+            oldest = next(iter(ids))
+            if ids[oldest] > cutoff:
+                break
+            del ids[oldest]
+
+    def empty(self) -> bool:
+        return not (self.requests or self.events or self.ids)
+
+    def records_free_at(self, need: int, w: int) -> int:
+        """When ``need`` records have left the window (ms timestamp)."""
+        freed = 0
+        for ts, n in self.events:
+            freed += n
+            if freed >= need:
+                return ts + w
+        raise AssertionError("need exceeds usage")  # pragma: no cover - callers check
+
+    def ids_free_at(self, k: int, w: int, skip: set[bytes] | frozenset[bytes] = frozenset()) -> int:
+        """When the ``k``-th oldest id not in ``skip`` leaves the window."""
+        for digest, ts in self.ids.items():
+            if digest in skip:
+                continue
+            k -= 1
+            if k == 0:
+                return ts + w
+        raise AssertionError("k exceeds usage")  # pragma: no cover - callers check
+
+    def observe(self, q: Quota, now: int) -> Observation:
+        tr, td, tq = tracked(q)
+        o = Observation()
+        w = q.window * 1000
+        for on, metric, oldest in (
+            (tr, "records", self.events[0][0] if self.events else None),
+            (td, "distinct", next(iter(self.ids.values())) if self.ids else None),
+            (tq, "requests", self.requests[0] if self.requests else None),
+        ):
+            if on:
+                o.used[metric] = {
+                    "records": self.records,
+                    "distinct": len(self.ids),
+                    "requests": len(self.requests),
+                }[metric]
+                if oldest is not None:
+                    o.reset_ms[metric] = oldest + w - now
+        return o
+
+
+class MemoryBackend:
+    """Quota state in this process's memory (``state:`` absent)."""
+
+    def __init__(self, *, id_key: bytes = b"") -> None:
+        self._keyer = Keyer(id_key)
+        self._windows: OrderedDict[tuple[str, str], Window] = OrderedDict()
+        self._spans: dict[tuple[str, str], int] = {}
+
+    def __len__(self) -> int:
+        """Buckets held (for tests and metrics)."""
+        return len(self._windows)
+
+    def _ms(self, now: float | None) -> int:
+        return to_ms(time.monotonic() if now is None else now)
+
+    def _sweep(self, now: int) -> None:
+        windows, spans = self._windows, self._spans
+        while windows:
+            key, win = next(iter(windows.items()))
+            if win.last + spans[key] > now:
+                break
+            del windows[key]
+            del spans[key]
+
+    def _window(self, b: Bucket, q: Quota) -> Window:
+        key = (b.tag, b.name)
+        win = self._windows.get(key)
+        if win is None:
+            win = self._windows[key] = Window()
+        else:
+            self._windows.move_to_end(key)
+        # The longest window any quota used with this bucket keeps it alive.
+        self._spans[key] = max(self._spans.get(key, 0), q.window * 1000)
+        return win
+
+    def _open(
+        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None
+    ) -> tuple[list[Bucket], list[Window], list[int]]:
+        ms = self._ms(now)
+        self._sweep(ms)
+        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        wins = [self._window(b, q) for b, q in zip(buckets, quotas, strict=True)]
+        times = [w.clock(ms) for w in wins]
+        for q, w, t in zip(quotas, wins, times, strict=True):
+            w.prune(t, q.window * 1000)
+        return buckets, wins, times
+
+    async def precheck(
+        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+    ) -> Decision:
+        buckets, wins, times = self._open(quotas, parts, now)
+        obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
+        blocked = False
+        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+            w = q.window * 1000
+            lim = q.limits
+            if "requests" in lim and len(win.requests) + 1 > lim["requests"]:
+                k = len(win.requests) + 1 - lim["requests"]
+                o.retry_ms["requests"] = win.requests[k - 1] + w - t
+            if "records" in lim and win.records >= lim["records"]:
+                o.retry_ms["records"] = win.records_free_at(win.records - lim["records"] + 1, w) - t
+            # max_distinct is not pre-checked (see the engine's rules): re-reads stay possible.
+            blocked = blocked or bool(o.retry_ms)
+        if not blocked:
+            for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+                if tracked(q)[2]:
+                    win.requests.append(t)
+                    o.added["requests"] = 1
+                    o.used["requests"] += 1
+                    o.reset_ms.setdefault("requests", q.window * 1000)
+        return decide(quotas, buckets, obs)
+
+    async def account(
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        records: int,
+        ids: Sequence[str],
+        now: float | None = None,
+    ) -> Decision:
+        digests = self._keyer.ids(ids)
+        buckets, wins, times = self._open(quotas, parts, now)
+        obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
+        fresh: list[list[bytes]] = []
+        blocked = False
+        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+            w = q.window * 1000
+            lim = q.limits
+            new = [d for d in digests if d not in win.ids] if tracked(q)[1] else []
+            fresh.append(new)
+            if "records" in lim and win.records + records > lim["records"]:
+                if records > lim["records"]:
+                    o.retry_ms["records"] = w
+                else:
+                    need = win.records + records - lim["records"]
+                    o.retry_ms["records"] = win.records_free_at(need, w) - t
+            if "distinct" in lim and len(win.ids) + len(new) > lim["distinct"]:
+                if len(digests) > lim["distinct"]:
+                    o.retry_ms["distinct"] = w
+                else:
+                    # Ids of this response already in the window do not make
+                    # room by leaving: it would bring them right back.
+                    present = len(digests) - len(new)
+                    k = (len(win.ids) - present) - (lim["distinct"] - len(digests))
+                    o.retry_ms["distinct"] = win.ids_free_at(k, w, set(digests)) - t
+            blocked = blocked or bool(o.retry_ms)
+        if not blocked:
+            for q, win, t, o, new in zip(quotas, wins, times, obs, fresh, strict=True):
+                tr, td, _ = tracked(q)
+                w = q.window * 1000
+                if tr and records > 0:
+                    win.events.append((t, records))
+                    win.records += records
+                    o.added["records"] = records
+                    o.used["records"] += records
+                    o.reset_ms.setdefault("records", w)
+                if td and digests:
+                    for d in digests:
+                        win.ids[d] = t
+                        win.ids.move_to_end(d)
+                    o.added["distinct"] = len(new)
+                    o.used["distinct"] += len(new)
+                    o.reset_ms["distinct"] = next(iter(win.ids.values())) + w - t
+        return decide(quotas, buckets, obs)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._windows.clear()
+        self._spans.clear()

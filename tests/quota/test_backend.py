@@ -1,0 +1,211 @@
+"""The quota semantics, run against every backend (memory and Redis) with injected time."""
+
+from __future__ import annotations
+
+from gateway.quota import KeyParts, QuotaBackend
+from gateway.rules.model import Quota
+
+ALICE = KeyParts("alice", "10.0.0.1", "customers")
+
+
+def quota(name: str = "bulk", per: str = "subject", window: int = 60, **th: int) -> Quota:
+    alerts = {k[6:]: v for k, v in th.items() if k.startswith("alert_")}
+    limits = {k[4:]: v for k, v in th.items() if k.startswith("max_")}
+    return Quota(name, per, window, alerts, limits)
+
+
+async def test_alert_then_block_and_refused_does_not_count(backend: QuotaBackend) -> None:
+    qs = (quota(alert_records=3, max_records=5),)
+    d = await backend.account(qs, ALICE, 2, ["a", "b"], now=0)
+    assert d.allowed and d.usage["bulk"].used_records == 2 and d.usage["bulk"].alert == ()
+    d = await backend.account(qs, ALICE, 1, ["c"], now=1)
+    assert d.usage["bulk"].alert == ("records",) and d.usage["bulk"].crossed == ("records",)
+    d = await backend.account(qs, ALICE, 1, ["d"], now=2)
+    assert d.usage["bulk"].alert == ("records",) and d.usage["bulk"].crossed == ()
+    d = await backend.account(qs, ALICE, 2, ["e", "f"], now=3)
+    assert (d.allowed, d.quota, d.metric) == (False, "bulk", "records")
+    assert d.usage["bulk"].used_records == 4  # the refused response is not counted
+    d = await backend.account(qs, ALICE, 1, ["e"], now=4)
+    assert d.allowed and d.usage["bulk"].used_records == 5
+    d = await backend.precheck(qs, ALICE, now=5)
+    assert (d.allowed, d.metric) == (False, "records")
+
+
+async def test_untracked_metrics_read_none(backend: QuotaBackend) -> None:
+    d = await backend.account((quota(max_records=5),), ALICE, 2, ["a", "b"], now=0)
+    u = d.usage["bulk"]
+    assert (u.used_records, u.used_distinct, u.used_requests) == (2, None, None)
+
+
+async def test_distinct_across_single_record_responses(backend: QuotaBackend) -> None:
+    qs = (quota(max_distinct=3, alert_distinct=2),)
+    for t, cid in enumerate(["a", "b", "c"]):
+        d = await backend.account(qs, ALICE, 1, [cid], now=t)
+        assert d.allowed
+    assert d.usage["bulk"].used_distinct == 3 and d.usage["bulk"].alert == ("distinct",)
+    d = await backend.account(qs, ALICE, 1, ["a"], now=3)  # seen before: still 3
+    assert d.allowed and d.usage["bulk"].used_distinct == 3
+    d = await backend.account(qs, ALICE, 1, ["d"], now=4)
+    assert (d.allowed, d.metric) == (False, "distinct")
+    # At the limit the pre-check still lets a caller re-read the customers it has.
+    d = await backend.precheck(qs, ALICE, now=5)
+    assert d.allowed
+    d = await backend.account(qs, ALICE, 1, ["b"], now=5)
+    assert d.allowed
+
+
+async def test_duplicate_ids_in_one_response_count_once(backend: QuotaBackend) -> None:
+    d = await backend.account((quota(max_distinct=2),), ALICE, 3, ["a", "a", "b"], now=0)
+    assert d.allowed and d.usage["bulk"].used_distinct == 2
+
+
+async def test_usage_drops_exactly_when_events_leave(backend: QuotaBackend) -> None:
+    qs = (quota(window=10, max_records=100, max_distinct=100),)
+    await backend.account(qs, ALICE, 3, ["a"], now=100)
+    await backend.account(qs, ALICE, 2, ["b"], now=105)
+    d = await backend.precheck(qs, ALICE, now=109.999)
+    assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (5, 2)
+    d = await backend.precheck(qs, ALICE, now=110)
+    assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (2, 1)
+    d = await backend.precheck(qs, ALICE, now=115)
+    assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (0, 0)
+
+
+async def test_seeing_an_id_again_keeps_it_in_the_window(backend: QuotaBackend) -> None:
+    qs = (quota(window=10, max_distinct=100),)
+    await backend.account(qs, ALICE, 1, ["a"], now=0)
+    await backend.account(qs, ALICE, 1, ["a"], now=8)
+    d = await backend.precheck(qs, ALICE, now=12)
+    assert d.usage["bulk"].used_distinct == 1
+    d = await backend.precheck(qs, ALICE, now=18)
+    assert d.usage["bulk"].used_distinct == 0
+
+
+async def test_records_retry_after(backend: QuotaBackend) -> None:
+    qs = (quota(max_records=5),)
+    await backend.account(qs, ALICE, 2, [], now=0)
+    await backend.account(qs, ALICE, 3, [], now=10)
+    d = await backend.precheck(qs, ALICE, now=20)
+    assert (d.allowed, d.retry_after) == (False, 40)  # one record frees when t=0 leaves
+    d = await backend.account(qs, ALICE, 3, [], now=20)
+    assert (d.allowed, d.retry_after) == (False, 50)  # 3 records: both events must leave
+    d = await backend.account(qs, ALICE, 6, [], now=20)
+    assert (d.allowed, d.retry_after) == (False, 60)  # can never fit: the window
+    d = await backend.precheck(qs, ALICE, now=60)
+    assert d.allowed and d.usage["bulk"].used_records == 3
+
+
+async def test_retry_after_rounds_up(backend: QuotaBackend) -> None:
+    qs = (quota(max_records=1),)
+    await backend.account(qs, ALICE, 1, [], now=0.5)
+    d = await backend.precheck(qs, ALICE, now=10)
+    assert d.retry_after == 51
+    d = await backend.precheck(qs, ALICE, now=60.4)
+    assert d.retry_after == 1
+
+
+async def test_distinct_retry_after_ignores_ids_the_response_brings_back(
+    backend: QuotaBackend,
+) -> None:
+    qs = (quota(max_distinct=2),)
+    await backend.account(qs, ALICE, 1, ["a"], now=0)
+    await backend.account(qs, ALICE, 1, ["b"], now=10)
+    # {a, b} + {a, c}: a leaving does not help (the response brings it back); b must go.
+    d = await backend.account(qs, ALICE, 2, ["a", "c"], now=20)
+    assert (d.allowed, d.metric, d.retry_after) == (False, "distinct", 50)
+    d = await backend.account(qs, ALICE, 3, ["x", "y", "z"], now=20)
+    assert d.retry_after == 60
+    d = await backend.precheck(qs, ALICE, now=20)
+    assert d.allowed  # max_distinct is decided on account, not before the upstream
+    d = await backend.account(qs, ALICE, 2, ["a", "c"], now=70)
+    assert d.allowed and d.usage["bulk"].used_distinct == 2
+
+
+async def test_requests_limit(backend: QuotaBackend) -> None:
+    qs = (quota(max_requests=2, alert_requests=2),)
+    d = await backend.precheck(qs, ALICE, now=0)
+    assert d.allowed and d.usage["bulk"].used_requests == 1 and d.usage["bulk"].alert == ()
+    d = await backend.precheck(qs, ALICE, now=5)
+    assert d.allowed and d.usage["bulk"].crossed == ("requests",)
+    d = await backend.precheck(qs, ALICE, now=7)
+    assert (d.allowed, d.metric, d.retry_after) == (False, "requests", 53)
+    assert d.usage["bulk"].used_requests == 2  # a blocked request is not counted
+    d = await backend.account(qs, ALICE, 1, ["a"], now=8)  # account never counts requests
+    assert d.allowed and d.usage["bulk"].used_requests == 2
+    d = await backend.precheck(qs, ALICE, now=60)
+    assert d.allowed and d.usage["bulk"].used_requests == 2
+
+
+async def test_largest_wait_names_the_block(backend: QuotaBackend) -> None:
+    qs = (quota("short", window=10, max_records=1), quota("long", window=100, max_records=1))
+    await backend.account(qs, ALICE, 1, [], now=0)
+    d = await backend.precheck(qs, ALICE, now=1)
+    assert (d.quota, d.retry_after) == ("long", 99)
+    d = await backend.precheck(qs, ALICE, now=50)
+    assert (d.quota, d.retry_after) == ("long", 50)
+
+
+async def test_per_subject_client_ip_and_subject_route(backend: QuotaBackend) -> None:
+    qs = (
+        quota("s", per="subject", max_records=100),
+        quota("i", per="client_ip", max_records=100),
+        quota("r", per="subject_route", max_records=100),
+    )
+    await backend.account(qs, KeyParts("alice", "10.0.0.1", "customers"), 1, [], now=0)
+    await backend.account(qs, KeyParts("alice", "10.0.0.2", "accounts"), 2, [], now=1)
+    d = await backend.account(qs, KeyParts("bob", "10.0.0.1", "customers"), 4, [], now=2)
+    used = {n: u.used_records for n, u in d.usage.items()}
+    assert used == {"s": 4, "i": 5, "r": 4}
+    d = await backend.precheck(qs, KeyParts("alice", "10.0.0.9", "customers"), now=3)
+    used = {n: u.used_records for n, u in d.usage.items()}
+    assert used == {"s": 3, "i": 0, "r": 1}
+    assert [u.shared for u in d.usage.values()] == [False, True, False]
+
+
+async def test_anonymous_callers_are_keyed_by_address(backend: QuotaBackend) -> None:
+    qs = (quota(max_records=100),)
+    await backend.account(qs, KeyParts(None, "10.0.0.1", "customers"), 1, [], now=0)
+    d = await backend.account(qs, KeyParts(None, "10.0.0.2", "customers"), 1, [], now=1)
+    assert d.usage["bulk"].used_records == 1 and d.usage["bulk"].shared
+    d = await backend.precheck(qs, KeyParts("10.0.0.1", "10.0.0.1", "customers"), now=2)
+    assert d.usage["bulk"].used_records == 0  # a subject that looks like an address is apart
+
+
+async def test_a_block_in_one_key_group_undoes_the_other(backend: QuotaBackend) -> None:
+    # Subject and address quotas live under different keys (two tags in Redis):
+    # the refusal by one must leave the other exactly as it was.
+    qs = (
+        quota("ip", per="client_ip", max_records=100, max_distinct=100, max_requests=100),
+        quota("sub", per="subject", max_records=3, max_distinct=2, max_requests=2),
+    )
+    await backend.precheck(qs, ALICE, now=0)
+    await backend.account(qs, ALICE, 1, ["x"], now=0)
+    d = await backend.account(qs, ALICE, 3, ["x", "y", "z"], now=30)
+    assert (d.allowed, d.quota) == (False, "sub")
+    assert (d.usage["ip"].used_records, d.usage["ip"].used_distinct) == (1, 1)
+    await backend.precheck(qs, ALICE, now=31)
+    d = await backend.precheck(qs, ALICE, now=32)
+    assert (d.allowed, d.metric) == (False, "requests")
+    assert d.usage["ip"].used_requests == 2
+    # x was refreshed at t=30 by the refused call in the first group, then put back:
+    d = await backend.precheck(qs, ALICE, now=60)
+    assert (d.usage["ip"].used_records, d.usage["ip"].used_distinct) == (0, 0)
+
+
+async def test_empty_response_and_no_quotas(backend: QuotaBackend) -> None:
+    d = await backend.account((quota(max_records=1, max_distinct=1),), ALICE, 0, [], now=0)
+    assert d.allowed and d.usage["bulk"].used_records == 0
+    d = await backend.account((), ALICE, 5, ["a"], now=0)
+    assert d.allowed and d.usage == {}
+    d = await backend.precheck((), ALICE)
+    assert d.allowed
+
+
+async def test_backend_clock_when_no_time_given(backend: QuotaBackend) -> None:
+    qs = (quota(max_records=2, max_requests=5),)
+    assert (await backend.precheck(qs, ALICE)).allowed
+    assert (await backend.account(qs, ALICE, 2, ["a", "b"])).allowed
+    d = await backend.precheck(qs, ALICE)
+    assert (d.allowed, d.quota, d.metric) == (False, "bulk", "records")
+    assert 59 <= (d.retry_after or 0) <= 60
+    await backend.ping()

@@ -1,0 +1,141 @@
+"""Redis backend specifics: atomicity across pools, outages, key scheme, NOSCRIPT."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.quota import KeyParts, RedisBackend, StateUnavailable
+from gateway.quota.engine import Keyer
+from gateway.rules.model import Quota
+
+ALICE = KeyParts("alice", "10.0.0.1", "customers")
+MakeRedis = Callable[..., RedisBackend]  # the make_redis fixture (conftest)
+
+
+async def test_concurrent_accounts_from_two_pools_never_exceed_the_limit(
+    make_redis: MakeRedis,
+) -> None:
+    a = make_redis(prefix="race:")
+    b = make_redis(prefix="race:")
+    qs = (Quota("bulk", "subject", 60, {}, {"records": 20, "distinct": 1000}),)
+    calls = [
+        (a if i % 2 else b).account(qs, ALICE, 1, [f"c{i}"], now=1000 + i / 1000) for i in range(50)
+    ]
+    results = await asyncio.gather(*calls)
+    assert sum(d.allowed for d in results) == 20
+    d = await a.precheck(qs, ALICE, now=1001)
+    assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (20, 20)
+
+
+async def test_concurrent_multi_record_responses_stay_within_the_limit(
+    make_redis: MakeRedis,
+) -> None:
+    a, b = make_redis(prefix="race2:"), make_redis(prefix="race2:")
+    qs = (Quota("bulk", "subject", 60, {}, {"records": 50}),)
+    sizes = [(i % 7) + 1 for i in range(50)]
+    results = await asyncio.gather(
+        *((a if i % 2 else b).account(qs, ALICE, n, []) for i, n in enumerate(sizes))
+    )
+    accepted = sum(n for n, d in zip(sizes, results, strict=True) if d.allowed)
+    assert accepted <= 50
+    assert (await a.precheck(qs, ALICE)).usage["bulk"].used_records == accepted
+
+
+async def test_concurrent_prechecks_count_exactly(make_redis: MakeRedis) -> None:
+    a, b = make_redis(prefix="race3:"), make_redis(prefix="race3:")
+    qs = (Quota("paced", "subject", 60, {}, {"requests": 10}),)
+    results = await asyncio.gather(*((a if i % 2 else b).precheck(qs, ALICE) for i in range(50)))
+    assert sum(d.allowed for d in results) == 10
+
+
+async def test_outage_fails_promptly_and_recovers_without_a_new_backend(
+    make_redis: MakeRedis, own_redis: Any
+) -> None:
+    backend = make_redis(own_redis.url, timeout=0.5)
+    qs = (Quota("bulk", "subject", 60, {}, {"records": 5}),)
+    assert (await backend.account(qs, ALICE, 1, ["a"])).allowed
+    own_redis.stop()
+    for call in (backend.precheck(qs, ALICE), backend.account(qs, ALICE, 1, ["b"]), backend.ping()):
+        start = time.monotonic()
+        with pytest.raises(StateUnavailable):
+            await call
+        assert time.monotonic() - start < 1.0
+    own_redis.start()  # same port, empty: no data and no cached script
+    await backend.ping()
+    d = await backend.account(qs, ALICE, 1, ["b"])
+    assert d.allowed and d.usage["bulk"].used_records == 1
+
+
+async def test_unreachable_server_times_out_within_the_timeout(make_redis: MakeRedis) -> None:
+    # 192.0.2.0/24 is TEST-NET-1: connects hang (or fail fast) but never answer.
+    backend = make_redis("redis://192.0.2.1:6390/0", timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(StateUnavailable):
+        await backend.precheck((Quota("q", "subject", 60, {}, {"requests": 1}),), ALICE)
+    assert time.monotonic() - start < 0.8
+
+
+async def test_keys_are_hash_tagged_expire_and_hold_no_ids(
+    make_redis: MakeRedis, redis_server: Any
+) -> None:
+    backend = make_redis(prefix="keys:", id_key=b"k")
+    qs = (
+        Quota("bulk", "subject", 60, {}, {"records": 50, "distinct": 50, "requests": 50}),
+        Quota("per-route", "subject_route", 120, {}, {"records": 50}),
+    )
+    await backend.precheck(qs, ALICE)
+    await backend.account(qs, ALICE, 2, ["110101199003074514", "c2"])
+    r: Any = aioredis.Redis.from_url(redis_server.url)
+    try:
+        keys = sorted(k.decode() for k in await r.keys("keys:*"))
+        assert len(keys) == 6  # q, e, i, n of bulk; e, n of per-route
+        tags = {k[k.index("{") : k.index("}") + 1] for k in keys}
+        assert len(tags) == 1 and "alice" not in "".join(keys)
+        tag = Keyer(b"k").bucket(qs[0], ALICE).tag
+        assert tags == {"{" + tag + "}"}
+        for k in keys:
+            ttl = await r.pttl(k)
+            assert 0 < ttl <= (121_000 if "per-route" in k else 61_000)
+        ids_key = next(k for k in keys if k.startswith("keys:{") and k.endswith(":s:bulk:i"))
+        members = await r.zrange(ids_key, 0, -1)
+        assert len(members) == 2 and all(len(m) == 16 for m in members)
+        assert not any(b"1101011990" in m or m == b"c2" for m in members)
+    finally:
+        await r.aclose()
+
+
+async def test_noscript_recovery(make_redis: MakeRedis, redis_server: Any) -> None:
+    backend = make_redis()
+    qs = (Quota("bulk", "subject", 60, {}, {"records": 5}),)
+    await backend.account(qs, ALICE, 1, [])
+    r: Any = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await r.script_flush()
+    finally:
+        await r.aclose()
+    d = await backend.account(qs, ALICE, 1, [])
+    assert d.allowed and d.usage["bulk"].used_records == 2
+
+
+async def test_server_time_is_used_when_no_time_is_given(
+    make_redis: MakeRedis, redis_server: Any
+) -> None:
+    backend = make_redis()
+    qs = (Quota("bulk", "subject", 60, {}, {"records": 1}),)
+    await backend.account(qs, ALICE, 1, [])
+    assert not (await backend.precheck(qs, ALICE)).allowed
+    events = backend.keys(Keyer().bucket(qs[0], ALICE))[1]
+    r: Any = aioredis.Redis.from_url(redis_server.url)
+    try:
+        ((_, score),) = await r.zrange(events, 0, -1, withscores=True)
+        server_s, server_us = await r.time()
+    finally:
+        await r.aclose()
+    # The event carries the server's clock (ms), not a monotonic or caller time.
+    assert abs(score - (server_s * 1000 + server_us // 1000)) < 2000
