@@ -38,6 +38,7 @@ from gateway.contentcoding import ContentCodingError, decode_content
 from gateway.exchange import Exchange
 from gateway.headers import client_response_headers
 from gateway.jsoncodec import JsonError, decode, encode
+from gateway.limiting import account
 from gateway.problem import problem
 
 log = logging.getLogger("gateway.bodyfilter")
@@ -139,6 +140,9 @@ async def filter_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web
     masked = ex.runtime.mask(ex, doc)
     if masked is None:
         return _fail(ex, "policy_unavailable")
+    refusal = await account(ex)
+    if refusal is not None:
+        return refusal
     return _respond(ex, upstream, encode(masked))
 
 

@@ -207,6 +207,8 @@ class RouteConfig(_Model):
 class StateConfig(_Model):
     redis: str | None = None
     on_failure: Literal["closed", "open"] = "closed"
+    # One quota decision must answer within this; past it the backend counts as down.
+    timeout: Duration = 0.5
 
     @field_validator("redis")
     @classmethod

@@ -48,6 +48,13 @@ class Exchange:
     records: int = 0
     entities: list[str] = field(default_factory=list)
     fields: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Quotas: usage for the audit record, alerts crossed by this request, the quota that
+    # blocked it, and headers every response carries (RateLimit fields).
+    quota: dict[str, dict[str, object]] = field(default_factory=dict)
+    quota_alerts: list[tuple[str, str]] = field(default_factory=list)
+    blocked_quota: str | None = None
+    state_failed: bool = False
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     def gateway_origin(self) -> str:
         """The gateway's origin as the caller addressed it ("" when Host is unusable)."""

@@ -28,6 +28,7 @@ from gateway.auth.conditions import HoursWindow, Network, parse_hours, parse_net
 from gateway.auth.verify import Authenticator
 from gateway.config import Config, RouteConfig, UpstreamConfig
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.quota import QuotaBackend
 from gateway.routing import Router
 from gateway.rules import RecordSpec, RuleSet, compile_records, load_rules
 from gateway.types import Principal
@@ -51,6 +52,7 @@ class RouteRules:
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
+    hash_key: bytes
     rules: RuleSet | None
     auth: Authenticator | None
     levels: tuple[str, ...]
@@ -112,7 +114,14 @@ def compile_config(
         issues.extend(route_issues)
     if issues:
         raise ConfigError(issues)
-    return Compiled(rules, auth, tuple(levels), routes, parse_networks(config.trusted_proxies))
+    return Compiled(
+        env.get(config.hash_key_env, "").encode("utf-8"),
+        rules,
+        auth,
+        tuple(levels),
+        routes,
+        parse_networks(config.trusted_proxies),
+    )
 
 
 def _compile_route(
@@ -249,8 +258,11 @@ class RouteRuntime:
 class Runtime:
     """Compiled routes, rules and identity for one configuration (immutable once built)."""
 
-    def __init__(self, config: Config, pool: UpstreamPool, compiled: Compiled) -> None:
+    def __init__(
+        self, config: Config, pool: UpstreamPool, compiled: Compiled, state: QuotaBackend
+    ) -> None:
         self.config = config
+        self.state = state
         self.compiled = compiled
         self.rules = compiled.rules
         self.auth = compiled.auth

@@ -21,14 +21,17 @@ from gateway.auth.conditions import allowed, client_ip
 from gateway.config import Config, parse_listen
 from gateway.connections import ConnectionLimiter, GatewayServer
 from gateway.exchange import Exchange, Stage, fold
+from gateway.limiting import limit
 from gateway.proxy import forward
+from gateway.quota import open_backend
 from gateway.runtime import Compiled, Runtime, UpstreamPool, compile_config
 from gateway.stages import authenticate, conditions, guard, observe, request_id_from, route
 
 log = logging.getLogger("gateway")
 
-# guard → observe → route → authenticate → conditions → (limit, as quotas land) → forward
-STAGES: Final[list[Stage]] = [guard, observe, route, authenticate, conditions]
+# guard → observe → route → authenticate → conditions → limit → forward
+# (forward relays, or for policy routes filters the body and accounts quotas)
+STAGES: Final[list[Stage]] = [guard, observe, route, authenticate, conditions, limit]
 
 
 def listener_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -46,8 +49,13 @@ class Gateway:
     """One gateway instance: holds the current runtime and the listeners."""
 
     def __init__(self, config: Config, compiled: Compiled | None = None) -> None:
+        compiled = compiled or compile_config(config)
         self.pool = UpstreamPool()
-        self.runtime = Runtime(config, self.pool, compiled or compile_config(config))
+        # Quota state outlives rule reloads; ids are stored as digests keyed like hashes.
+        self.state = open_backend(
+            config.state.redis, timeout=config.state.timeout, id_key=compiled.hash_key
+        )
+        self.runtime = Runtime(config, self.pool, compiled, self.state)
         self.chain = fold(STAGES, forward)
         self.limiter = ConnectionLimiter(config.limits.max_connections)
         self.draining = False
@@ -112,6 +120,7 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.pool.close()
+        await self.state.close()
         if self.runtime.auth is not None:
             await self.runtime.auth.aclose()
 

@@ -56,6 +56,7 @@ async def observe(ex: Exchange, call_next: Handler) -> web.StreamResponse:
     resp = await call_next(ex)
     if not resp.prepared:
         resp.headers[ex.runtime.config.request_id_header] = ex.request_id
+        resp.headers.update(ex.response_headers)
     return resp
 
 

@@ -150,13 +150,14 @@ class RecordSpec:
     id_key: str
 
     def extract(self, document: Any) -> Records:
-        found = self.path.values(document)
+        # A record is a JSON object: `$.data[*]` applied to a single-record body
+        # ({"data": {...}}) selects member values, which must not count as records.
+        found = [rec for rec in self.path.values(document) if isinstance(rec, dict)]
         ids: dict[str, None] = {}
         for rec in found:
-            if isinstance(rec, dict):
-                text = scalar_text(rec.get(self.id_key))
-                if text is not None:
-                    ids[text] = None
+            text = scalar_text(rec.get(self.id_key))
+            if text is not None:
+                ids[text] = None
         return Records(len(found), tuple(ids))
 
 

@@ -132,7 +132,9 @@ def test_records_are_counted_with_distinct_ids() -> None:
         ]
     }
     found = spec.extract(doc)
-    assert found.count == 7
+    assert found.count == 6  # objects only: "scalar" is not a record
     assert found.ids == ("1", "2", "12345678901234567890123")
     single = RecordSpec(compile_path("$.data"), "id").extract({"data": {"id": 9}})
     assert (single.count, single.ids) == (1, ("9",))
+    # The list path on a single-record body selects member values: no records, not 2.
+    assert spec.extract({"data": {"id": 9, "name": "x"}}).count == 0

@@ -1,0 +1,253 @@
+"""Quotas end to end: real upstream, real gateway, memory and a real private redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.runtime import compile_config
+from gateway.server import Gateway
+from tests.conftest import RedisServer, UpstreamFactory, free_port
+
+LEVELS = "levels: [public, internal, confidential, secret]\n"
+POLICY = """\
+policy: customer
+unlisted: keep
+fields:
+  - {{name: phone, paths: ["$..phone"], level: secret, action: {{mask: cn_phone}}}}
+records: {{path: "$.data[*]", id: id}}
+quotas:
+  - {{name: bulk-read, per: {per}, window: 1h, {limits}}}
+"""
+
+
+SECRET = "quota-tests-signing-key-0123456789abcdef"
+ENV = {"GATEWAY_HASH_KEY": "k" * 32, "TEST_HMAC": SECRET}
+
+
+def rules_dir(tmp_path: Path, limits: str, per: str = "client_ip") -> Path:
+    d = tmp_path / "rules"
+    d.mkdir(exist_ok=True)
+    (d / "levels.yaml").write_text(LEVELS)
+    (d / "customer.yaml").write_text(POLICY.format(limits=limits, per=per))
+    return d
+
+
+def bearer(sub: str) -> dict[str, str]:
+    from gateway.auth.devtoken import mint_token
+
+    token = mint_token({"sub": sub}, SECRET.encode(), issuer="t", audience="gw")
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Customers:
+    """Upstream: /c/{id} answers one customer (as a one-element page)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.app = web.Application()
+        self.app.router.add_get("/c/{id}", self.one)
+
+    async def one(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        cid = int(request.match_info["id"])
+        body = {"data": [{"id": cid, "phone": "13812345678"}]}
+        return web.json_response(body)
+
+
+async def start_gateway(
+    upstream: str, rules: Path, state: dict[str, Any] | None = None, auth: str = "none"
+) -> tuple[Gateway, str]:
+    issuer = {"issuer": "t", "audience": "gw", "hmac_secret_env": "TEST_HMAC"}
+    config = Config.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "upstreams": {"app": {"url": upstream}},
+            "auth": {"issuers": [{**issuer, "algorithms": ["HS256"]}]},
+            "routes": [
+                {
+                    "name": "c",
+                    "path": "/c/*",
+                    "upstream": "app",
+                    "auth": auth,
+                    "policy": "customer",
+                }
+            ],
+            "rules": str(rules),
+            **({"state": state} if state else {}),
+        }
+    )
+    gw = Gateway(config, compile_config(config, env=ENV))
+    await gw.start()
+    host, port = gw.addresses[0]
+    return gw, f"http://{host}:{port}"
+
+
+@pytest.fixture
+async def customers(upstream_factory: UpstreamFactory) -> tuple[Customers, str]:
+    c = Customers()
+    return c, await upstream_factory(c.app)
+
+
+async def test_distinct_customers_block_refuses_the_response_and_does_not_count(
+    customers: tuple[Customers, str], tmp_path: Path
+) -> None:
+    up, url = customers
+    rules = rules_dir(tmp_path, "alert_records: 2, max_distinct: 2", per="subject")
+    gw, base = await start_gateway(url, rules, auth="jwt")
+    try:
+        async with aiohttp.ClientSession(headers=bearer("teller-7")) as s:
+            for cid in (1, 2, 1):  # repeat reads of the same customer stay within max_distinct
+                async with s.get(f"{base}/c/{cid}") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["data"][0]["phone"] == "138****5678"
+                    assert resp.headers["RateLimit-Policy"].startswith('"bulk-read";q=2;w=3600')
+            async with s.get(f"{base}/c/3") as resp:
+                assert resp.status == 429
+                body = await resp.read()
+                assert b"13812345678" not in body and b'"id":3' not in body
+                problem = orjson.loads(body)
+                assert problem["quota"] == "bulk-read"
+                assert int(resp.headers["Retry-After"]) >= 1
+            # The refused response did not count: customer 1 is still readable.
+            async with s.get(f"{base}/c/1") as resp:
+                assert resp.status == 200
+        # Another subject has a budget of its own.
+        async with (
+            aiohttp.ClientSession(headers=bearer("teller-8")) as s,
+            s.get(f"{base}/c/3") as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        await gw.stop()
+    assert up.hits == 6  # the refused read reached the upstream: its records decided it
+
+
+async def test_request_limit_blocks_before_the_upstream(
+    customers: tuple[Customers, str], tmp_path: Path
+) -> None:
+    up, url = customers
+    gw, base = await start_gateway(url, rules_dir(tmp_path, "max_requests: 2"))
+    try:
+        async with aiohttp.ClientSession() as s:
+            statuses = []
+            for cid in (1, 2, 3, 4):
+                async with s.get(f"{base}/c/{cid}") as resp:
+                    statuses.append(resp.status)
+    finally:
+        await gw.stop()
+    assert statuses == [200, 200, 429, 429]
+    assert up.hits == 2
+
+
+@pytest.mark.parametrize(("on_failure", "status"), [("closed", 503), ("open", 200)])
+async def test_redis_outage_follows_on_failure_and_recovers(
+    customers: tuple[Customers, str], tmp_path: Path, on_failure: str, status: int
+) -> None:
+    _, url = customers
+    redis = RedisServer(tmp_path)
+    redis.start()
+    gw, base = await start_gateway(
+        url,
+        rules_dir(tmp_path, "max_records: 100"),
+        {"redis": redis.url, "on_failure": on_failure, "timeout": 0.3},
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/c/1") as resp:
+                assert resp.status == 200
+            redis.stop()
+            async with s.get(f"{base}/c/2") as resp:
+                assert resp.status == status
+                if status == 503:
+                    assert resp.headers["Retry-After"] == "5"
+                    assert b"13812345678" not in await resp.read()
+            redis.start()
+            async with s.get(f"{base}/c/3") as resp:
+                assert resp.status == 200  # recovery without a restart
+    finally:
+        await gw.stop()
+        redis.stop()
+
+
+@pytest.fixture
+async def two_gateway_processes(
+    customers: tuple[Customers, str], tmp_path: Path
+) -> AsyncIterator[tuple[Customers, list[str]]]:
+    up, url = customers
+    redis = RedisServer(tmp_path)
+    redis.start()
+    rules = rules_dir(tmp_path, "max_records: 20")
+    procs, bases = [], []
+    for i in range(2):
+        port = free_port()
+        cfg = tmp_path / f"gw{i}.yaml"
+        cfg.write_text(
+            f"listen: 127.0.0.1:{port}\n"
+            f"upstreams: {{app: {{url: '{url}'}}}}\n"
+            "routes: [{name: c, path: '/c/*', upstream: app, auth: none, policy: customer}]\n"
+            f"rules: {rules}\n"
+            f"state: {{redis: '{redis.url}', on_failure: closed, timeout: 2}}\n"
+        )
+        env = {**os.environ, "GATEWAY_HASH_KEY": "k" * 32}
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "-c",
+                str(cfg),
+                env=env,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        )
+        bases.append(f"http://127.0.0.1:{port}")
+    try:
+        for base in bases:
+            port = int(base.rsplit(":", 1)[1])
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+        yield up, bases
+    finally:
+        for p in procs:
+            p.terminate()
+            await p.wait()
+        redis.stop()
+
+
+async def test_exact_under_concurrency_across_two_processes(
+    two_gateway_processes: tuple[Customers, list[str]],
+) -> None:
+    _, bases = two_gateway_processes
+    async with aiohttp.ClientSession() as s:
+
+        async def get(i: int) -> tuple[int, bytes]:
+            async with s.get(f"{bases[i % 2]}/c/{i}") as resp:
+                return resp.status, await resp.read()
+
+        results = await asyncio.gather(*(get(i) for i in range(50)))
+    delivered = [body for status, body in results if status == 200]
+    refused = [body for status, body in results if status == 429]
+    assert len(delivered) == 20  # exactly the limit: never more, and no lost budget
+    assert len(refused) == 30
+    assert all(b"138****5678" in b for b in delivered)
+    assert not any(b"phone" in b for b in refused)
