@@ -1,0 +1,171 @@
+"""The audit record: one JSON object per request (pure; no I/O).
+
+Contract (PRODUCT.md "Audit record" and "Decisions"):
+
+- An audit record carries **identifiers, rule names and counts — never field
+  values**. Callers pass the request's metadata (subject, route, status...),
+  the ids of the customer records returned, and per-rule counters; nothing in
+  this module accepts a response body or a masked/unmasked value, and nothing
+  here may be extended to. Query *values* never enter: only parameter names.
+- Keys are always present and always in the order of :data:`KEYS`, so that
+  line-oriented tools (and humans) can diff records.
+- ``ts`` is RFC 3339 UTC with milliseconds (``2026-11-24T08:01:02.123Z``).
+- ``path`` never carries a query string; ``query_keys`` are the decoded
+  parameter names, sorted and deduplicated.
+- ``decision`` is one of :data:`DECISIONS`; anything else is a programming
+  error and raises ``ValueError`` (the observe stage must not invent one).
+- A refused response (any decision but ``allow``) delivered no customer data:
+  ``records`` is 0, ``entities`` is empty and the field counters are empty,
+  whatever the caller passed — masking may have run before a quota refused the
+  response, and the trail must not claim that data was revealed.
+- ``entities`` is capped (default 100) so one bulk read cannot make a huge
+  line; ``entities_total`` keeps the full count. Ids are strings (JSON numbers
+  wider than 64 bits would not survive every consumer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import orjson
+
+from gateway.query import query_keys as _query_keys
+
+DECISIONS: Final = frozenset(
+    {
+        "allow",
+        "deny_auth",
+        "deny_policy",
+        "deny_route",
+        "rate_limited",
+        "fail_closed",
+        "upstream_error",
+        "unavailable",
+    }
+)
+
+#: Field counters, in record order (the same names as ``gateway.rules.plan.COUNTERS``).
+FIELD_COUNTERS: Final = ("masked", "dropped", "redacted", "hashed", "revealed")
+
+#: Record keys, in order.
+KEYS: Final = (
+    "ts",
+    "request_id",
+    "subject",
+    "clearance",
+    "client_ip",
+    "method",
+    "path",
+    "query_keys",
+    "route",
+    "policy",
+    "status",
+    "upstream_status",
+    "decision",
+    "reason",
+    "duration_ms",
+    "upstream_ms",
+    "records",
+    "entities",
+    "entities_total",
+    "fields",
+    "quota",
+    "rules_version",
+)
+
+DEFAULT_ENTITIES_CAP: Final = 100
+
+
+def format_ts(epoch: float) -> str:
+    """Epoch seconds -> ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, milliseconds, rounded)."""
+    secs, ms = divmod(round(epoch * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _fields(counts: Mapping[str, Mapping[str, int]] | None) -> dict[str, dict[str, int]]:
+    # Always all five counters, in a fixed order; unknown counters are a bug upstream.
+    out: dict[str, dict[str, int]] = {c: {} for c in FIELD_COUNTERS}
+    for counter, by_rule in (counts or {}).items():
+        if counter not in out:
+            raise ValueError(f"unknown field counter {counter!r}")
+        out[counter] = {rule: int(n) for rule, n in sorted(by_rule.items()) if n}
+    return out
+
+
+def _quota(quota: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"used": q.get("used"), "limit": q.get("limit"), "alert": bool(q.get("alert"))}
+        for name, q in (quota or {}).items()
+    }
+
+
+def build_record(
+    *,
+    ts: float,
+    request_id: str,
+    subject: str | None,
+    clearance: str | None,
+    client_ip: str,
+    method: str,
+    path: str,
+    query: str = "",
+    route: str | None,
+    policy: str | None,
+    status: int,
+    upstream_status: int | None,
+    decision: str,
+    reason: str | None,
+    duration_ms: float,
+    upstream_ms: float | None,
+    records: int = 0,
+    entities: Iterable[str | int] = (),
+    fields: Mapping[str, Mapping[str, int]] | None = None,
+    quota: Mapping[str, Mapping[str, Any]] | None = None,
+    rules_version: str | None = None,
+    entities_cap: int = DEFAULT_ENTITIES_CAP,
+) -> dict[str, Any]:
+    """The audit record for one request, keys in :data:`KEYS` order.
+
+    ``query`` is the raw query string (only its parameter names are kept);
+    ``fields`` is ``{counter: {rule: count}}`` as the masking plan reports it;
+    ``quota`` is ``{name: {"used": n, "limit": n, "alert": bool}}``.
+    """
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown audit decision {decision!r}")
+    allowed = decision == "allow"
+    ids = [str(e) for e in entities] if allowed else []
+    return {
+        "ts": format_ts(ts),
+        "request_id": request_id,
+        "subject": subject,
+        "clearance": clearance,
+        "client_ip": client_ip,
+        "method": method,
+        "path": path.partition("?")[0],
+        "query_keys": _query_keys(query),
+        "route": route,
+        "policy": policy,
+        "status": status,
+        "upstream_status": upstream_status,
+        "decision": decision,
+        "reason": reason,
+        "duration_ms": round(duration_ms, 2),
+        "upstream_ms": _ms(upstream_ms),
+        "records": records if allowed else 0,
+        "entities": ids[: max(entities_cap, 0)],
+        "entities_total": len(ids),
+        "fields": _fields(fields if allowed else None),
+        "quota": _quota(quota),
+        "rules_version": rules_version,
+    }
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One JSON line (UTF-8, ``\\n``-terminated)."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)

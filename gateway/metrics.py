@@ -1,0 +1,291 @@
+"""Prometheus metrics (names fixed by PRODUCT.md; the dashboard and alerts rely on them).
+
+Rules:
+
+- Every metric lives in :data:`REGISTRY` and is named in :data:`NAMES`;
+  ``tests/test_metrics.py`` and ``tests/test_alert_rules.py`` check that the
+  shipped dashboard and alert rules use only these names.
+- Label values come from configuration and code, never from requests: route,
+  policy, rule and quota names, fixed reason strings, decisions, status codes.
+  A request that matched no route is ``route="none"``. This bounds cardinality
+  and keeps caller input out of the SOC's tooling.
+- The per-request functions are cheap: labelled children are cached in dicts
+  keyed by the label tuple, so a hot request does dict lookups and ``inc``.
+- ``gateway_rules_info{version}`` is 1 for the loaded version only (the old
+  version's series is removed on reload). ``gateway_state_up`` is 1 while the
+  state backend answers (always 1 with in-process memory).
+
+Multi-worker (``workers: N``): prometheus-client's multiprocess mode. Set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory **before the
+first import of prometheus_client** (the value class is chosen at import),
+wipe it when the master starts, and call :func:`worker_exited` from the master
+when a worker dies. :func:`metrics_body` then merges every worker's files with
+a ``MultiProcessCollector`` per scrape. In that mode gauges aggregate across
+live workers: ``gateway_state_up`` is the minimum (one worker cut off from
+Redis shows 0) and ``gateway_rules_info`` the maximum; a replaced rules
+version reads 0 instead of disappearing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+MULTIPROC: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+# The 0.0.4 text format: what Prometheus 2.x (e.g. Debian 12's) negotiates without warnings.
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
+NO_ROUTE: Final = "none"
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+# Latency buckets: masking adds milliseconds; legacy upstreams take up to the 30 s timeout.
+_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+REQUESTS: Final = Counter(
+    "gateway_requests_total",
+    "Requests by route, status and decision.",
+    ("route", "status", "decision"),
+    registry=REGISTRY,
+)
+REQUEST_DURATION: Final = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from request received to response sent, by route.",
+    ("route",),
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION: Final = Histogram(
+    "gateway_upstream_duration_seconds",
+    "Time spent waiting for the upstream, by route.",
+    ("route",),
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+FIELDS: Final = Counter(
+    "gateway_fields_total",
+    "Field values touched, by policy, rule and action (masked|dropped|redacted|hashed|revealed).",
+    ("policy", "rule", "action"),
+    registry=REGISTRY,
+)
+RECORDS: Final = Counter(
+    "gateway_records_total",
+    "Customer records returned to callers, by route.",
+    ("route",),
+    registry=REGISTRY,
+)
+QUOTA_EVENTS: Final = Counter(
+    "gateway_quota_events_total",
+    "Quota alerts (threshold reached) and blocks (response refused), by quota.",
+    ("quota", "kind"),
+    registry=REGISTRY,
+)
+AUTH_FAILURES: Final = Counter(
+    "gateway_auth_failures_total",
+    "Failed authentications, by reason.",
+    ("reason",),
+    registry=REGISTRY,
+)
+FAIL_CLOSED: Final = Counter(
+    "gateway_fail_closed_total",
+    "Responses refused to stay safe (bad upstream body, state down, internal error), by reason.",
+    ("reason",),
+    registry=REGISTRY,
+)
+AUDIT_DROPPED: Final = Counter(
+    "gateway_audit_dropped_total",
+    "Audit records not written, by sink.",
+    ("sink",),
+    registry=REGISTRY,
+)
+RULES_RELOADS: Final = Counter(
+    "gateway_rules_reloads_total",
+    "Rule reloads, by result (ok|error).",
+    ("result",),
+    registry=REGISTRY,
+)
+RULES_INFO: Final = Gauge(
+    "gateway_rules_info",
+    "1 for the rules version being served.",
+    ("version",),
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
+STATE_UP: Final = Gauge(
+    "gateway_state_up",
+    "1 while the state backend (quotas) answers, else 0.",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
+)
+
+#: Every metric name this module exposes (histograms add _bucket/_sum/_count, counters _total).
+NAMES: Final = frozenset(
+    {
+        "gateway_requests_total",
+        "gateway_request_duration_seconds",
+        "gateway_upstream_duration_seconds",
+        "gateway_fields_total",
+        "gateway_records_total",
+        "gateway_quota_events_total",
+        "gateway_auth_failures_total",
+        "gateway_fail_closed_total",
+        "gateway_audit_dropped_total",
+        "gateway_rules_reloads_total",
+        "gateway_rules_info",
+        "gateway_state_up",
+    }
+)
+
+QUOTA_KINDS: Final = frozenset({"alert", "block"})
+RELOAD_RESULTS: Final = frozenset({"ok", "error"})
+
+# Label tuple -> child. prometheus-client's .labels() does validation and a locked
+# dict lookup on every call; these plain dicts make the hot path one lookup.
+_requests: dict[tuple[str, str, str], Counter] = {}
+_durations: dict[str, tuple[Histogram, Histogram, Counter]] = {}
+_fields: dict[tuple[str, str, str], Counter] = {}
+_quota: dict[tuple[str, str], Counter] = {}
+_auth: dict[str, Counter] = {}
+_fail_closed: dict[str, Counter] = {}
+_dropped: dict[str, Counter] = {}
+_rules_version: list[str] = []
+
+
+def _route_children(route: str) -> tuple[Histogram, Histogram, Counter]:
+    children = _durations.get(route)
+    if children is None:
+        children = (
+            REQUEST_DURATION.labels(route),
+            UPSTREAM_DURATION.labels(route),
+            RECORDS.labels(route),
+        )
+        _durations[route] = children
+    return children
+
+
+def observe_request(
+    route: str | None,
+    status: int,
+    decision: str,
+    duration_s: float,
+    upstream_s: float | None = None,
+    policy: str | None = None,
+    fields: Mapping[str, Mapping[str, int]] | None = None,
+    records: int = 0,
+    reason: str | None = None,
+) -> None:
+    """Account one finished request (call once, from the observe stage's ``finally``).
+
+    ``fields`` is the masking plan's ``{action: {rule: count}}``. With ``reason``
+    given, a ``deny_auth`` decision also counts ``gateway_auth_failures_total``
+    and a ``fail_closed`` one ``gateway_fail_closed_total`` — so do not call
+    :func:`auth_failure` / :func:`fail_closed` for the same request.
+    """
+    r = route or NO_ROUTE
+    key = (r, str(status), decision)
+    child = _requests.get(key)
+    if child is None:
+        child = _requests[key] = REQUESTS.labels(*key)
+    child.inc()
+    req_h, up_h, rec_c = _route_children(r)
+    req_h.observe(duration_s)
+    if upstream_s is not None:
+        up_h.observe(upstream_s)
+    if records:
+        rec_c.inc(records)
+    if fields and policy is not None:
+        for action, by_rule in fields.items():
+            for rule, n in by_rule.items():
+                if n:
+                    fkey = (policy, rule, action)
+                    fc = _fields.get(fkey)
+                    if fc is None:
+                        fc = _fields[fkey] = FIELDS.labels(*fkey)
+                    fc.inc(n)
+    if reason is not None:
+        if decision == "deny_auth":
+            auth_failure(reason)
+        elif decision == "fail_closed":
+            fail_closed(reason)
+
+
+def quota_event(quota: str, kind: str) -> None:
+    """``kind``: ``alert`` (usage reached ``alert_*``) or ``block`` (response refused)."""
+    if kind not in QUOTA_KINDS:
+        raise ValueError(f"unknown quota event kind {kind!r}")
+    key = (quota, kind)
+    c = _quota.get(key)
+    if c is None:
+        c = _quota[key] = QUOTA_EVENTS.labels(*key)
+    c.inc()
+
+
+def auth_failure(reason: str) -> None:
+    c = _auth.get(reason)
+    if c is None:
+        c = _auth[reason] = AUTH_FAILURES.labels(reason)
+    c.inc()
+
+
+def fail_closed(reason: str) -> None:
+    c = _fail_closed.get(reason)
+    if c is None:
+        c = _fail_closed[reason] = FAIL_CLOSED.labels(reason)
+    c.inc()
+
+
+def audit_dropped(sink: str, n: int = 1) -> None:
+    c = _dropped.get(sink)
+    if c is None:
+        c = _dropped[sink] = AUDIT_DROPPED.labels(sink)
+    c.inc(n)
+
+
+def rules_reloaded(ok: bool, version: str | None = None) -> None:
+    """Count a reload; on success also switch ``gateway_rules_info`` to ``version``."""
+    RULES_RELOADS.labels("ok" if ok else "error").inc()
+    if ok and version is not None:
+        set_rules_version(version)
+
+
+def set_rules_version(version: str | None) -> None:
+    """Mark ``version`` as the one served (None: no rules loaded, no series)."""
+    for old in _rules_version:
+        if old != version:
+            if MULTIPROC:
+                RULES_INFO.labels(old).set(0)  # a dead series cannot be removed from mmap files
+            else:
+                RULES_INFO.remove(old)
+    _rules_version.clear()
+    if version is not None:
+        RULES_INFO.labels(version).set(1)
+        _rules_version.append(version)
+
+
+def set_state_up(up: bool) -> None:
+    STATE_UP.set(1 if up else 0)
+
+
+def metrics_body() -> bytes:
+    """The exposition text for ``/metrics`` (every worker's, in multiprocess mode)."""
+    if MULTIPROC:
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def worker_exited(pid: int) -> None:
+    """Master process: forget a dead worker's live gauges (multiprocess mode only)."""
+    if MULTIPROC:
+        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]

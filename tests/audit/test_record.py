@@ -1,0 +1,140 @@
+"""The audit record: exact shape, ts format, query keys, entity cap, refused responses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.audit.record import DECISIONS, KEYS, build_record, encode_record, format_ts
+
+TS = datetime(2026, 11, 24, 8, 1, 2, 123000, tzinfo=UTC).timestamp()
+
+
+def base(**over: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(
+        ts=TS,
+        request_id="req-1",
+        subject="t1",
+        clearance="confidential",
+        client_ip="10.1.2.3",
+        method="GET",
+        path="/api/customers/42",
+        query="size=10&b=1&size=20&a%20b=x",
+        route="customers",
+        policy="customer",
+        status=200,
+        upstream_status=200,
+        decision="allow",
+        reason=None,
+        duration_ms=12.3456,
+        upstream_ms=8.004,
+        records=2,
+        entities=["42", 43],
+        fields={
+            "masked": {"phone": 2, "id_number": 2},
+            "dropped": {"txn_password": 2, "balance": 0},
+            "revealed": {"email": 1},
+        },
+        quota={"bulk-read": {"used": 2, "limit": 500, "alert": False}},
+        rules_version="v1-abc",
+    )
+    fields.update(over)
+    return fields
+
+
+def test_full_record_exact() -> None:
+    record = build_record(**base())
+    assert record == {
+        "ts": "2026-11-24T08:01:02.123Z",
+        "request_id": "req-1",
+        "subject": "t1",
+        "clearance": "confidential",
+        "client_ip": "10.1.2.3",
+        "method": "GET",
+        "path": "/api/customers/42",
+        "query_keys": ["a b", "b", "size"],
+        "route": "customers",
+        "policy": "customer",
+        "status": 200,
+        "upstream_status": 200,
+        "decision": "allow",
+        "reason": None,
+        "duration_ms": 12.35,
+        "upstream_ms": 8.0,
+        "records": 2,
+        "entities": ["42", "43"],
+        "entities_total": 2,
+        "fields": {
+            "masked": {"id_number": 2, "phone": 2},
+            "dropped": {"txn_password": 2},
+            "redacted": {},
+            "hashed": {},
+            "revealed": {"email": 1},
+        },
+        "quota": {"bulk-read": {"used": 2, "limit": 500, "alert": False}},
+        "rules_version": "v1-abc",
+    }
+    assert list(record) == list(KEYS)
+    assert list(record["fields"]) == ["masked", "dropped", "redacted", "hashed", "revealed"]
+
+
+def test_encode_is_one_json_line_in_key_order() -> None:
+    line = encode_record(build_record(**base()))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert list(orjson.loads(line)) == list(KEYS)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "text"),
+    [
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (TS, "2026-11-24T08:01:02.123Z"),
+        (1.9996, "1970-01-01T00:00:02.000Z"),  # rounds into the next second
+        (1_700_000_000.5, "2023-11-14T22:13:20.500Z"),
+    ],
+)
+def test_ts_is_rfc3339_utc_millis(epoch: float, text: str) -> None:
+    assert format_ts(epoch) == text
+
+
+def test_unknown_subject_is_null_and_path_has_no_query() -> None:
+    r = build_record(**base(subject=None, path="/api/customers?id=1", query=""))
+    assert r["subject"] is None
+    assert r["path"] == "/api/customers"
+    assert r["query_keys"] == []
+
+
+def test_entities_capped_with_total() -> None:
+    ids = [str(i) for i in range(250)]
+    r = build_record(**base(entities=ids, records=250))
+    assert r["entities"] == ids[:100]
+    assert r["entities_total"] == 250
+    r = build_record(**base(entities=ids, entities_cap=3))
+    assert r["entities"] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("decision", sorted(DECISIONS - {"allow"}))
+def test_refused_response_has_no_records_entities_or_field_counts(decision: str) -> None:
+    r = build_record(**base(decision=decision, reason="x", status=429))
+    assert r["records"] == 0
+    assert r["entities"] == [] and r["entities_total"] == 0
+    assert r["fields"] == {k: {} for k in ("masked", "dropped", "redacted", "hashed", "revealed")}
+    assert r["quota"] == {"bulk-read": {"used": 2, "limit": 500, "alert": False}}
+
+
+def test_unknown_decision_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="decision"):
+        build_record(**base(decision="denied"))
+
+
+def test_unknown_field_counter_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="counter"):
+        build_record(**base(fields={"shown": {"phone": 1}}))
+
+
+def test_no_upstream() -> None:
+    r = build_record(**base(upstream_status=None, upstream_ms=None, decision="deny_auth"))
+    assert r["upstream_status"] is None and r["upstream_ms"] is None
