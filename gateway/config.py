@@ -20,11 +20,10 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -33,50 +32,15 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.audit.config import AuditConfig
 from gateway.auth.config import AuthConfig
 from gateway.errors import ConfigError, ConfigIssue, KeyPath, format_key_path
 from gateway.routing import RoutePatternError, compile_pattern
+from gateway.units import Duration, Size
 from gateway.yamlfile import YamlDocument, load_yaml
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
-_SIZE_UNITS |= {"gb": 1000**3, "gib": 1024**3}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (method names)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def parse_size(value: Any) -> int:
-    """``1048576``, ``"10MiB"``, ``"512 kb"`` -> bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 1048576 or '10MiB'")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-    if isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        unit = m.group(2).lower()
-        if unit in _SIZE_UNITS:
-            return int(m.group(1)) * _SIZE_UNITS[unit]
-    raise ValueError("expected a size such as 1048576 or '10MiB'")
-
-
-def parse_duration(value: Any) -> float:
-    """``30``, ``"30s"``, ``"1h"``, ``"250ms"`` -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30, '30s', '5m' or '1h'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError("expected a duration such as 30, '30s', '5m' or '1h'")
-
-
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -254,7 +218,7 @@ class Config(_Model):
     routes: list[RouteConfig]
     rules: str | None = None
     state: StateConfig = Field(default_factory=StateConfig)
-    audit: list[str | dict[str, Any]] = Field(default_factory=list)
+    audit: AuditConfig = Field(default_factory=lambda: AuditConfig([]))
     # Proxies whose X-Forwarded-For is believed; everyone else is the socket peer.
     trusted_proxies: list[str] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -409,6 +373,10 @@ def _cross_check(doc: YamlDocument, cfg: Config) -> list[ConfigIssue]:
             value = getattr(up, key)
             if value is not None and not cfg.resolve(value).is_file():
                 issues.append(doc.issue(("upstreams", name, key), "file not found"))
+    for i in cfg.audit.missing_redis_url(cfg.state.redis):
+        issues.append(
+            doc.issue(("audit", i), "a redis_stream sink needs url: (or a state.redis to share)")
+        )
     if cfg.rules is not None and not cfg.resolve(cfg.rules).is_dir():
         issues.append(doc.issue(("rules",), "directory not found"))
     return issues

@@ -36,8 +36,9 @@ from gateway.problem import problem
 
 log = logging.getLogger("gateway.connections")
 
-# Called with (request, status, reason) for requests that never reach the stages.
-ProtocolErrorHook = Callable[[web.BaseRequest, int, str], None]
+# Called with (request, status, reason) for requests that never reach the stages;
+# returns the request id the error response carries.
+ProtocolErrorHook = Callable[[web.BaseRequest, int, str], str]
 
 
 class ConnectionLimiter:
@@ -135,12 +136,13 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        request_id = uuid.uuid4().hex
         # Parser messages can quote the offending bytes: log the class only.
         log.info("protocol error %s (%s)", status, type(exc).__name__ if exc else "-")
         reason = "bad_request" if status == 400 else f"protocol_{status}"
         if self._on_protocol_error is not None:
-            self._on_protocol_error(request, status, reason)
+            request_id = self._on_protocol_error(request, status, reason)
+        else:
+            request_id = uuid.uuid4().hex
         detail = "The request is malformed." if status < 500 else None
         resp = problem(status, request_id, detail, headers={self._request_id_header: request_id})
         resp.force_close()

@@ -32,8 +32,9 @@ class Exchange:
     request: web.BaseRequest
     runtime: Runtime
     request_id: str
-    started: float
+    started: float  # perf_counter, for durations
     client_ip: str
+    wall_start: float = 0.0  # epoch seconds, for the audit timestamp
     # Filled by the stages as they learn more; read by audit and metrics.
     path: str | None = None  # normalised, without query
     query: str = ""

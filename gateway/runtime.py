@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
+from gateway.audit.writer import AuditWriter
 from gateway.auth.conditions import HoursWindow, Network, parse_hours, parse_networks
 from gateway.auth.verify import Authenticator
 from gateway.config import Config, RouteConfig, UpstreamConfig
@@ -259,10 +260,16 @@ class Runtime:
     """Compiled routes, rules and identity for one configuration (immutable once built)."""
 
     def __init__(
-        self, config: Config, pool: UpstreamPool, compiled: Compiled, state: QuotaBackend
+        self,
+        config: Config,
+        pool: UpstreamPool,
+        compiled: Compiled,
+        state: QuotaBackend,
+        audit: AuditWriter | None = None,
     ) -> None:
         self.config = config
         self.state = state
+        self.audit = audit
         self.compiled = compiled
         self.rules = compiled.rules
         self.auth = compiled.auth

@@ -13,25 +13,39 @@ import signal
 import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
 
+from gateway import metrics
+from gateway.audit.broadcast import AuditBroadcaster
+from gateway.audit.writer import AuditWriter
 from gateway.auth.conditions import allowed, client_ip
 from gateway.config import Config, parse_listen
 from gateway.connections import ConnectionLimiter, GatewayServer
+from gateway.control import reload, start_admin, watch_state
 from gateway.exchange import Exchange, Stage, fold
 from gateway.limiting import limit
 from gateway.proxy import forward
 from gateway.quota import open_backend
 from gateway.runtime import Compiled, Runtime, UpstreamPool, compile_config
-from gateway.stages import authenticate, conditions, guard, observe, request_id_from, route
+from gateway.stages import (
+    audit_gate,
+    authenticate,
+    conditions,
+    guard,
+    observe,
+    request_id_from,
+    route,
+)
+from gateway.trail import leave_trace
 
 log = logging.getLogger("gateway")
 
-# guard → observe → route → authenticate → conditions → limit → forward
+# guard → observe → audit gate → route → authenticate → conditions → limit → forward
 # (forward relays, or for policy routes filters the body and accounts quotas)
-STAGES: Final[list[Stage]] = [guard, observe, route, authenticate, conditions, limit]
+STAGES: Final[list[Stage]] = [guard, observe, audit_gate, route, authenticate, conditions, limit]
 
 
 def listener_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -55,14 +69,26 @@ class Gateway:
         self.state = open_backend(
             config.state.redis, timeout=config.state.timeout, id_key=compiled.hash_key
         )
-        self.runtime = Runtime(config, self.pool, compiled, self.state)
+        self.state_up = True
+        self.broadcaster = AuditBroadcaster()
+        self.audit = AuditWriter.from_config(
+            config.audit,
+            state_redis_url=config.state.redis,
+            base_dir=Path(config.source).parent,
+            broadcaster=self.broadcaster,
+        )
+        self.runtime = Runtime(config, self.pool, compiled, self.state, self.audit)
         self.chain = fold(STAGES, forward)
         self.limiter = ConnectionLimiter(config.limits.max_connections)
         self.draining = False
         self._runner: web.ServerRunner | None = None
+        self._admin: web.AppRunner | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._prefetch: asyncio.Task[list[str]] | None = None
         self.addresses: list[tuple[str, int]] = []
+        self.admin_addresses: list[tuple[str, int]] = []
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _exchange(self, request: web.BaseRequest) -> Exchange:
         runtime = self.runtime
         peer_info = request.transport.get_extra_info("peername") if request.transport else None
         peer = peer_info[0] if peer_info else ""
@@ -74,27 +100,45 @@ class Gateway:
             if via_proxy
             else None
         )
-        ex = Exchange(
+        return Exchange(
             request=request,
             runtime=runtime,
             request_id=request_id_from(
                 request.headers.get(runtime.config.request_id_header), uuid.uuid4().hex
             ),
             started=time.perf_counter(),
+            wall_start=time.time(),
             client_ip=client_ip(peer, xff, trusted) if via_proxy else peer,
             peer=peer,
             forwarded_for=xff,
         )
-        return await self.chain(ex)
+
+    def _protocol_error(self, request: web.BaseRequest, status: int, reason: str) -> str:
+        """A request the HTTP parser refused still leaves its trace; returns its id."""
+        ex = self._exchange(request)
+        ex.deny("deny_route", reason)
+        leave_trace(ex, status, self.audit)
+        return ex.request_id
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        return await self.chain(self._exchange(request))
 
     async def start(self) -> None:
         cfg = self.runtime.config
+        await self.audit.start()
+        metrics.set_rules_version(self.runtime.version)
+        self._watch = asyncio.create_task(watch_state(self))
+        if self.runtime.auth is not None:
+            # In the background: /readyz says "auth" until every JWKS has keys.
+            self._prefetch = asyncio.create_task(self.runtime.auth.prefetch())
+        self._admin = await start_admin(self)
         limits = cfg.limits
         server = GatewayServer(
             self.handle,
             limiter=self.limiter,
             header_timeout=limits.header_timeout,
             request_id_header=cfg.request_id_header,
+            on_protocol_error=self._protocol_error,
             # Cancel the handler (and so the upstream request) when the caller goes away.
             handler_cancellation=True,
             keepalive_timeout=limits.idle_timeout,
@@ -119,6 +163,13 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
+        for task in (self._watch, self._prefetch):
+            if task is not None:
+                task.cancel()
+        await self.audit.aclose()
         await self.pool.close()
         await self.state.close()
         if self.runtime.auth is not None:
@@ -135,6 +186,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(gateway)))
     for host, port in gateway.addresses:
         log.info("listening on %s:%s", host, port)
     if ready is not None:
@@ -143,6 +195,6 @@ async def serve(
         await stop.wait()
     finally:
         log.info("shutting down: draining in-flight requests")
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await gateway.stop()

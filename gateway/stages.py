@@ -19,6 +19,7 @@ from gateway.paths import PathError, split_target
 from gateway.problem import problem
 from gateway.query import QueryError, clamp_page_size
 from gateway.routing import Match, MethodNotAllowed
+from gateway.trail import leave_trace
 
 log = logging.getLogger("gateway")
 
@@ -52,12 +53,34 @@ async def guard(ex: Exchange, call_next: Handler) -> web.StreamResponse:
 
 
 async def observe(ex: Exchange, call_next: Handler) -> web.StreamResponse:
-    """Stamp the request id on every response (audit and metrics hook in here)."""
-    resp = await call_next(ex)
-    if not resp.prepared:
-        resp.headers[ex.runtime.config.request_id_header] = ex.request_id
-        resp.headers.update(ex.response_headers)
-    return resp
+    """Stamp the request id on every response; leave exactly one trace per request."""
+    status = 500
+    try:
+        resp = await call_next(ex)
+        status = resp.status
+        if not resp.prepared:
+            resp.headers[ex.runtime.config.request_id_header] = ex.request_id
+            resp.headers.update(ex.response_headers)
+        return resp
+    except BaseException:
+        # Aborted mid-body (the status line already went out) or cancelled.
+        status = ex.upstream_status or 500
+        if ex.decision == "allow":
+            ex.deny("upstream_error", "aborted")
+        raise
+    finally:
+        leave_trace(ex, status, ex.runtime.audit)
+
+
+async def audit_gate(ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    """``audit: required``: no trace, no access (503 while the trail cannot be written)."""
+    writer = ex.runtime.audit
+    if writer is not None and not writer.writable():
+        ex.deny("unavailable", "audit_unavailable")
+        return problem(
+            503, ex.request_id, "The audit trail is unavailable.", headers={"Retry-After": "5"}
+        )
+    return await call_next(ex)
 
 
 async def route(ex: Exchange, call_next: Handler) -> web.StreamResponse:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_duration, parse_size
+from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.units import parse_duration, parse_size
 
 PRODUCT_EXAMPLE = Path(__file__).parent / "data" / "product_gateway.yaml"
 

@@ -36,4 +36,6 @@ def test_kubernetes_configmap_checks(tmp_path: Path) -> None:
 
 def test_compose_services() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
-    assert set(compose["services"]) == {"legacy", "redis", "gateway"}
+    assert set(compose["services"]) == {"legacy", "redis", "gateway", "prometheus", "grafana"}
+    for volume in compose["services"]["grafana"]["volumes"]:
+        assert (DEPLOY / volume.split(":")[0]).exists(), volume
