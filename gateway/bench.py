@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,7 +103,21 @@ def _stats(prefix: str, rps: float, lat: list[float]) -> dict[str, float]:
     }
 
 
-def _gateway_yaml(gw_port: int, up_port: int, masked: bool) -> str:
+def _bench_rules(tmp: Path) -> Path:
+    """The shipped pack with its quota raised: the bench measures the cost of counting,
+    and must not be refused by the very quota it exercises."""
+    rules = tmp / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    pack = rules / "customer.yaml"
+    text = pack.read_text(encoding="utf-8")
+    text = text.replace("max_records: 500", "max_records: 1000000000")
+    pack.write_text(text.replace("max_distinct: 100", "max_distinct: 1000000000"), "utf-8")
+    return rules
+
+
+def _gateway_yaml(
+    gw_port: int, up_port: int, masked: bool, rules: Path, redis_url: str | None = None
+) -> str:
     head = (
         f"listen: 127.0.0.1:{gw_port}\nupstreams: {{demo: {{url: 'http://127.0.0.1:{up_port}'}}}}\n"
     )
@@ -114,14 +129,32 @@ def _gateway_yaml(gw_port: int, up_port: int, masked: bool) -> str:
     return head + (
         "auth: {issuers: [{issuer: bench, audience: gw, hmac_secret_env: BENCH_SECRET,"
         " algorithms: [HS256]}]}\n"
-        f"rules: {ROOT / 'rules'}\n"
-        "routes: [{name: masked, path: '/**', methods: [GET], upstream: demo, policy: customer}]\n"
+        f"rules: {rules}\n"
+        "routes:\n"
+        "  - {name: page, path: /api/customers, methods: [GET], upstream: demo, policy: customer}\n"
+        "  - {name: one, path: '/api/customers/*', methods: [GET], upstream: demo,"
+        " policy: customer, records: {path: $.data, id: id}}\n"
+        + (f"state: {{redis: '{redis_url}', on_failure: closed}}\n" if redis_url else "")
     )
 
 
+@contextmanager
+def _redis() -> Iterator[str | None]:
+    """A private redis-server for the run (None when the binary is missing)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with _process(args, port):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
 def bench_proxy(seconds: float, concurrency: int, paths: list[str]) -> dict[str, dict[str, float]]:
-    """Each path directly, through a pass-through route, and through a masked route
-    (a confidential caller, the shipped rule pack): one gateway process at a time."""
+    """Each path directly, through a pass-through route, and through a masked route (a
+    confidential caller, the shipped rule pack, its quota) with in-memory and with Redis
+    state: one gateway process at a time."""
     from gateway.auth.devtoken import mint_token
 
     up_port = _free_port()
@@ -135,14 +168,20 @@ def bench_proxy(seconds: float, concurrency: int, paths: list[str]) -> dict[str,
     py = sys.executable
     upstream = [py, "-m", "gateway.demo.upstream", "--host", "127.0.0.1", "--port", str(up_port)]
     results: dict[str, dict[str, float]] = {p: {} for p in paths}
-    with tempfile.TemporaryDirectory() as tmp, _process(upstream, up_port):
+    with tempfile.TemporaryDirectory() as tmp, _process(upstream, up_port), _redis() as redis_url:
         for path in paths:
             direct = asyncio.run(_load(f"http://127.0.0.1:{up_port}{path}", seconds, concurrency))
             results[path] |= _stats("direct", *direct)
-        for mode, masked in (("pass", False), ("masked", True)):
+        modes: list[tuple[str, bool, str | None]] = [("pass", False, None), ("masked", True, None)]
+        if redis_url is not None:
+            modes.append(("redis", True, redis_url))
+        for mode, masked, state in modes:
             gw_port = _free_port()
             cfg = Path(tmp) / f"{mode}.yaml"
-            cfg.write_text(_gateway_yaml(gw_port, up_port, masked), encoding="utf-8")
+            yaml_text = _gateway_yaml(
+                gw_port, up_port, masked, _bench_rules(Path(tmp) / mode), state
+            )
+            cfg.write_text(yaml_text, encoding="utf-8")
             headers = {"Authorization": f"Bearer {token}"} if masked else None
             with _process([py, "-m", "gateway", "serve", "-c", str(cfg)], gw_port, env):
                 for path in paths:
@@ -168,11 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"proxy: {args.concurrency} connections, {args.seconds:g} s per measurement")
     for path, r in bench_proxy(args.seconds, args.concurrency, paths).items():
         print(f"  GET {path}")
-        for mode in ("direct", "pass", "masked"):
+        for mode in ("direct", "pass", "masked", "redis"):
+            if mode + "_rps" not in r:
+                continue
             print(
                 f"    {mode:7s} {r[mode + '_rps']:8.0f} req/s  p50 {r[mode + '_p50_ms']:6.2f} ms"
                 f"  p99 {r[mode + '_p99_ms']:6.2f} ms  ({r[mode + '_rps'] / r['direct_rps']:.2f}x)"
             )
+
+        if "redis_rps" in r:
+            cost = 1 - r["redis_rps"] / r["masked_rps"]
+            print(f"    quota state in Redis costs {cost:.0%} of masked throughput (target <= 15%)")
 
     from gateway.rules.bench import bench_masking
 

@@ -101,6 +101,10 @@ def banner(
         f'  curl -si -H "Authorization: Bearer ${first}" {gateway_url}/api/ops/branches'
         "   # below internal: 403",
         f"  curl -si {gateway_url}/internal/admin                # not on the allow-list: 404",
+        "  # Bulk-read protection: 100 distinct customers per hour, pages clamped to 50:",
+        "  for p in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' "
+        f'-H "Authorization: Bearer ${first}" '
+        f"'{gateway_url}/api/customers?page=$p&size=500'; done; echo   # 200 200 429",
         f"  curl -s {upstream_url}/api/customers/1             # what the legacy app leaks",
         "",
         "More tokens, from another shell (the development key of this run):",

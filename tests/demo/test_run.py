@@ -70,3 +70,18 @@ def test_banner_has_a_curl_line_per_token(demo: Demo) -> None:
     for var, _, token in demo.tokens:
         assert f"export {var}='{token}'" in text
         assert f'Bearer ${var}" {demo.gateway_url}/api/customers/1' in text
+
+
+async def test_paging_through_the_customers_hits_the_bulk_read_quota(demo: Demo) -> None:
+    statuses = []
+    async with aiohttp.ClientSession(headers=_auth(demo, "T_INTERNAL")) as s:
+        for page in (1, 2, 3):
+            url = f"{demo.gateway_url}/api/customers?page={page}&size=500"
+            async with s.get(url) as resp:
+                statuses.append(resp.status)
+                body = await resp.json(content_type=None)
+                if resp.status == 200:
+                    assert len(body["data"]) == 50  # the page size is clamped
+                else:
+                    assert body["quota"] == "bulk-read" and "data" not in body
+    assert statuses == [200, 200, 429]
