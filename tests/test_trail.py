@@ -79,7 +79,7 @@ routes:
   - {{name: slow, path: "/slow", upstream: slow, auth: none}}
 rules: rules
 state: {{redis: "{redis.url}", on_failure: closed, timeout: 0.3}}
-audit: [{{file: audit.jsonl}}]
+audit: [{{file: audit.jsonl}}, {{redis_stream: "gateway:audit"}}]
 """,
         encoding="utf-8",
     )
@@ -131,6 +131,16 @@ async def test_every_outcome_leaves_one_clean_record(setup: Any) -> None:
         await reader.read()
         writer.close()
         expected.append((400, "deny_route"))
+        # Every record so far reached the Redis stream too (before Redis goes away).
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(redis.url)
+        deadline = asyncio.get_running_loop().time() + 5
+        while await client.xlen("gateway:audit") < len(expected):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        stream = [e[1][b"record"] for e in await client.xrange("gateway:audit")]
+        await client.aclose()
         redis.stop()
         await call("/api/customers/1", 503, "unavailable", headers=as_secret)
         async with s.get(admin + "/metrics") as resp:
@@ -150,7 +160,9 @@ async def test_every_outcome_leaves_one_clean_record(setup: Any) -> None:
     assert refused["records"] == 0 and refused["entities"] == []
     assert records[5]["path"] == "/nope" and records[5]["query_keys"] == ["id_number"]
 
-    blob = audit_file.read_bytes() + text.encode()
+    assert [orjson.loads(r) for r in stream] == records[: len(stream)]
+    assert len(stream) == len(expected) - 1  # all but the one written while Redis was down
+    blob = audit_file.read_bytes() + b"\n".join(stream) + text.encode()
     for customer in generate_customers()[:3]:
         for key in SENSITIVE:
             assert str(customer[key]).encode() not in blob, key
@@ -169,3 +181,35 @@ async def test_every_outcome_leaves_one_clean_record(setup: Any) -> None:
     }.items():
         assert after.get(name, 0) - before.get(name, 0) == delta, name
     assert after["gateway_state_up"] in (0.0, 1.0)
+
+
+async def test_required_audit_answers_503_while_the_trail_cannot_be_written(
+    upstream_factory: UpstreamFactory, tmp_path: Path
+) -> None:
+    from gateway.config import Config
+
+    legacy = await upstream_factory(create_app())
+    dead = RedisServer(tmp_path)  # never started: the stream sink cannot write
+    config = Config.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "upstreams": {"legacy": {"url": legacy}},
+            "routes": [{"name": "h", "path": "/health", "upstream": "legacy", "auth": "none"}],
+            "audit": ["required", {"redis_stream": "gateway:audit", "url": dead.url}],
+        }
+    )
+    gw = Gateway(config, compile_config(config, env={}))
+    await gw.start()
+    h, p = gw.addresses[0]
+    try:
+        async with aiohttp.ClientSession() as s:
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:  # the first failed write marks the trail unwritable
+                async with s.get(f"http://{h}:{p}/health") as resp:
+                    if resp.status == 503:
+                        assert resp.headers["Retry-After"] == "5"
+                        break
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+    finally:
+        await gw.stop()
