@@ -204,6 +204,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gateway.audit.config import FileSinkConfig, RedisStreamSinkConfig
+    from gateway.auditquery import (
+        FileSource,
+        Filter,
+        Source,
+        SourceError,
+        StreamSource,
+        collect,
+        parse_time,
+        render_table,
+        with_backups,
+    )
+
+    def usage(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+    explicit = bool(args.file or args.redis_stream)
+    if args.config and explicit:
+        return usage("give -c, or --file/--redis-stream, not both")
+    if args.redis_stream and not args.redis_url:
+        return usage("--redis-stream needs --redis-url")
+    if args.redis_url and not args.redis_stream:
+        return usage("--redis-url needs --redis-stream")
+    if not args.config and not explicit:
+        return usage("no audit source: give -c gateway.yaml, --file or --redis-stream")
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+        flt = Filter(args.customer, args.subject, args.route, args.decision, since, until)
+    except ValueError as exc:
+        return usage(str(exc))
+    sources: list[Source] = []
+    try:
+        if args.config:
+            try:
+                config = load_config(args.config)
+            except ConfigError as exc:
+                _report(exc)
+                return 1
+            for name, spec in config.audit.sinks:
+                if isinstance(spec, FileSinkConfig):
+                    sources.append(FileSource(tuple(with_backups(config.resolve(spec.file)))))
+                elif isinstance(spec, RedisStreamSinkConfig):
+                    url = spec.url or config.state.redis
+                    if url is None:
+                        return usage(f"{args.config}: audit sink {name}: no redis url")
+                    sources.append(StreamSource(url, spec.redis_stream))
+            if not sources:
+                return usage(f"{args.config}: audit: no file or redis_stream sink to read")
+        else:
+            sources += [FileSource((Path(f),)) for f in args.file or ()]
+            sources += [StreamSource(args.redis_url, key) for key in args.redis_stream or ()]
+        doc = asyncio.run(collect(sources, flt))
+    except SourceError as exc:
+        return usage(str(exc))
+    if args.format == "json":
+        print(json.dumps(doc, indent=2))  # ASCII: no raw bidi/control chars
+    else:
+        print(render_table(doc), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -245,6 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="gateway port")
     p.add_argument("--upstream-port", type=int, default=9000, help="demo upstream port")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "audit", help="query the audit trail: who received customer X, what did subject Y see"
+    )
+    p.add_argument("-c", "--config", help="gateway.yaml: read its file and redis_stream sinks")
+    p.add_argument(
+        "--file", action="append", help="an audit file, read as given (repeatable, no backups)"
+    )
+    p.add_argument("--redis-stream", action="append", metavar="KEY", help="stream key (repeatable)")
+    p.add_argument("--redis-url", metavar="URL", help="Redis holding --redis-stream")
+    p.add_argument("--customer", metavar="ID", help="records whose entities include this id")
+    p.add_argument("--subject", help="exact subject")
+    p.add_argument("--route", help="exact route name")
+    p.add_argument("--decision", help="exact decision (allow, deny_policy, ...)")
+    p.add_argument("--since", metavar="TS", help="inclusive: RFC 3339 or YYYY-MM-DD (UTC)")
+    p.add_argument("--until", metavar="TS", help="exclusive: RFC 3339 or YYYY-MM-DD (UTC)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 
