@@ -43,9 +43,10 @@ from gateway.trail import leave_trace
 
 log = logging.getLogger("gateway")
 
-# guard → observe → audit gate → route → authenticate → conditions → limit → forward
-# (forward relays, or for policy routes filters the body and accounts quotas)
-STAGES: Final[list[Stage]] = [guard, observe, audit_gate, route, authenticate, conditions, limit]
+# observe → guard → audit gate → route → authenticate → conditions → limit → forward
+# (forward relays, or for policy routes filters the body and accounts quotas).
+# observe is outermost so the trace records the answer guard turned an error into.
+STAGES: Final[list[Stage]] = [observe, guard, audit_gate, route, authenticate, conditions, limit]
 
 
 def listener_ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -213,3 +213,39 @@ async def test_required_audit_answers_503_while_the_trail_cannot_be_written(
                 await asyncio.sleep(0.05)
     finally:
         await gw.stop()
+
+
+async def test_an_internal_error_is_traced_as_the_500_the_caller_got(
+    upstream_factory: UpstreamFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import proxy
+    from gateway.config import Config
+
+    def broken(ex: Any) -> Any:  # a bug cannot be provoked for real: stand one in
+        raise RuntimeError("bug with a value 13812345678 in its message")
+
+    monkeypatch.setattr(proxy, "upstream_url", broken)
+    legacy = await upstream_factory(create_app())
+    config = Config.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "source": str(tmp_path / "gateway.yaml"),
+            "upstreams": {"legacy": {"url": legacy}},
+            "routes": [{"name": "h", "path": "/health", "upstream": "legacy", "auth": "none"}],
+            "audit": [{"file": "audit.jsonl"}],
+        }
+    )
+    gw = Gateway(config, compile_config(config, env={}))
+    await gw.start()
+    h, p = gw.addresses[0]
+    async with aiohttp.ClientSession() as s, s.get(f"http://{h}:{p}/health") as resp:
+        assert resp.status == 500
+        assert b"13812345678" not in await resp.read()
+    await gw.stop()
+    (record,) = [orjson.loads(x) for x in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
+    assert (record["status"], record["decision"], record["reason"]) == (
+        500,
+        "fail_closed",
+        "internal_error",
+    )
+    assert b"13812345678" not in (tmp_path / "audit.jsonl").read_bytes()
