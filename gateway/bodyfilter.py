@@ -37,7 +37,7 @@ from aiohttp import web
 from gateway.contentcoding import ContentCodingError, decode_content
 from gateway.exchange import Exchange
 from gateway.headers import client_response_headers
-from gateway.jsoncodec import JsonError, decode, encode
+from gateway.jsoncodec import JsonError
 from gateway.limiting import account
 from gateway.problem import problem
 
@@ -130,20 +130,19 @@ async def filter_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web
                 ex.deny("upstream_error", "non_json_error_body")
                 return problem(upstream.status, ex.request_id, "The upstream service failed.")
             raise FailClosed("not_json")
-        doc = decode(body)
+        masked = ex.runtime.mask_body(ex, body)
     except FailClosed as exc:
         return _fail(ex, exc.reason)
     except ContentCodingError as exc:
         return _fail(ex, exc.reason)
     except JsonError as exc:
         return _fail(ex, exc.reason)
-    masked = ex.runtime.mask(ex, doc)
     if masked is None:
         return _fail(ex, "policy_unavailable")
     refusal = await account(ex)
     if refusal is not None:
         return refusal
-    return _respond(ex, upstream, encode(masked))
+    return _respond(ex, upstream, masked)
 
 
 def _respond(

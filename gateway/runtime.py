@@ -19,7 +19,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
@@ -29,6 +29,7 @@ from gateway.auth.conditions import HoursWindow, Network, parse_hours, parse_net
 from gateway.auth.verify import Authenticator
 from gateway.config import Config, RouteConfig, UpstreamConfig
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.jsoncodec import decode, encode
 from gateway.quota import QuotaBackend
 from gateway.routing import Router
 from gateway.rules import RecordSpec, RuleSet, compile_records, load_rules
@@ -303,14 +304,25 @@ class Runtime:
             for r in self.routes
         )
 
-    def mask(self, ex: Exchange, document: Any) -> Any | None:
-        """Apply the route's policy for the caller; None when no rule set is loaded."""
+    def mask_body(self, ex: Exchange, body: bytes) -> bytes | None:
+        """The route's policy applied for the caller to a JSON body; None when no
+        rule set is loaded. Raises ``JsonError`` for a body that is not acceptable JSON.
+
+        The native pass answers when it can; otherwise (or when it declines) the
+        reference decodes, masks and encodes. Both give the same bytes and counts.
+        """
         assert ex.route is not None and ex.route.policy is not None
         if self.rules is None:
             return None
         plan = self.rules.plan(ex.route.policy, ex.principal)
-        result = plan.apply(document, records=ex.route.rules.records)
+        records = ex.route.rules.records
+        fast = plan.mask_bytes(body, records=records)
+        if fast is not None:
+            out, result = fast
+        else:
+            result = plan.apply(decode(body), records=records)
+            out = encode(result.document)
         ex.records = result.records.count
         ex.entities = list(result.records.ids)
         ex.fields = result.fields
-        return result.document
+        return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, InvalidOperation
@@ -72,8 +73,22 @@ KEEP = Action("keep", "keep", None)
 DROP = Action("drop", "drop", None)
 
 
+# What the native pass (gateway.rules.native) needs to do a transform itself:
+# ("redact",), ("hash", key, length) or ("mask", variant, first, last, char).
+# A transform without an entry is called back as a Python function.
+NativeSpec = tuple[Any, ...]
+_NATIVE: weakref.WeakKeyDictionary[Transform, NativeSpec] = weakref.WeakKeyDictionary()
+
+
+def native_spec(transform: Transform) -> NativeSpec | None:
+    return _NATIVE.get(transform)
+
+
 def _redact(v: Any) -> Any:
     return MARKER
+
+
+_NATIVE[_redact] = ("redact",)
 
 
 REDACT = Action("redact", "redact", _redact)
@@ -144,6 +159,7 @@ def hash_transform(key: bytes, length: int) -> Transform:
         text = scalar_text(v)
         return MARKER if text is None else digest(text)
 
+    _NATIVE[transform] = ("hash", key, length)
     return transform
 
 
@@ -251,7 +267,31 @@ def _parse_mask(opts: Any, key: bytes) -> tuple[Action | None, list[Problem]]:
     if char != "*":
         parts.append(f"char={char!r}")
     fn = build(first, last, char)
-    return Action("mask", " ".join(parts), mask_transform(fn)), []
+    transform = mask_transform(fn)
+    variant = _NATIVE_MASKS.get(preset_name)
+    if variant is not None:
+        kind, default_first, default_last = variant
+        _NATIVE[transform] = (
+            "mask",
+            kind,
+            default_first if first is None else first,
+            default_last if last is None else last,
+            char,
+        )
+    return Action("mask", " ".join(parts), transform), []
+
+
+# Masks the native pass does itself: variant and default keep_first/keep_last
+# (-1: cn_id decides by length). cn_name and address are called back.
+_NATIVE_MASKS: dict[str | None, tuple[str, int, int]] = {
+    None: ("ends", 0, 0),
+    "cn_id": ("cn_id", -1, -1),
+    "cn_phone": ("phone", 3, 4),
+    "bank_card": ("sig", 6, 4),
+    "email": ("email", 1, 0),
+    "cn_name": ("cn_name", 0, 0),
+    "address": ("address", 0, 0),
+}
 
 
 def _parse_hash(opts: Any, key: bytes) -> tuple[Action | None, list[Problem]]:
@@ -288,6 +328,8 @@ def _parse_round(opts: Any, key: bytes) -> tuple[Action | None, list[Problem]]:
         return None, [(("round", "step"), "must be a positive number")]
     int_step = step if type(step) is int else None
     transform = round_transform(None, Decimal(str(step)), int_step)
+    if int_step is not None:
+        _NATIVE[transform] = ("round_step", int_step)
     return Action("round", f"round step={step}", transform), []
 
 

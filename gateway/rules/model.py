@@ -11,7 +11,7 @@ value is dropped. ``level: never`` means nobody sees it in clear.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.jsonpath import JSONPath
@@ -148,6 +148,13 @@ class RecordSpec:
 
     path: JSONPath
     id_key: str
+    # The path compiled for the native pass (gateway.rules.native); None: reference only.
+    native: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from gateway.rules.native import compile_records  # native imports this module
+
+        object.__setattr__(self, "native", compile_records(self.path))
 
     def extract(self, document: Any) -> Records:
         # A record is a JSON object: `$.data[*]` applied to a single-record body

@@ -23,9 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.jsoncodec import DEFAULT_MAX_DEPTH
 from gateway.jsonpath import JSONPath, Location
 from gateway.rules.automaton import PState
 from gateway.rules.model import NO_RECORDS, UNLISTED, Outcome, Records, RecordSpec, stronger
+from gateway.rules.native import compile_plan
+from gateway.rules.native import mask as native_mask
 from gateway.rules.shapes import FastWalker
 from gateway.rules.walk import Hits, Touch, Walker
 
@@ -52,6 +55,41 @@ class Plan:
     general: tuple[tuple[int, JSONPath], ...]
     allowlist: bool
     records: RecordSpec | None
+    # The plan compiled for the native pass (gateway.rules.native); None: reference only.
+    native: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        program = compile_plan(self.root, self.outcomes, self.general, self.allowlist)
+        object.__setattr__(self, "native", program)
+
+    def mask_bytes(
+        self,
+        body: bytes,
+        *,
+        records: RecordSpec | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> tuple[bytes, MaskResult] | None:
+        """The masked body straight from the upstream bytes, or None: run the reference.
+
+        When it answers, the bytes and the result's counts and records are
+        exactly those of ``encode(apply(decode(body)))`` (``MaskResult.document``
+        is None: no document was built). It never raises on any body.
+        """
+        if self.native is None:
+            return None
+        spec = records or self.records
+        rec_program: Any = None
+        id_key: bytes | None = None
+        if spec is not None:
+            if spec.native is None:
+                return None
+            rec_program, id_key = spec.native, spec.id_key.encode("utf-8", "surrogatepass")
+        got = native_mask(self.native, rec_program, id_key, body, max_depth)
+        if got is None:
+            return None
+        out, counts, n, ids = got
+        found = Records(n, tuple(dict.fromkeys(ids))) if spec is not None else NO_RECORDS
+        return out, MaskResult(None, self._fields(counts), found)
 
     def apply(self, document: Any, *, records: RecordSpec | None = None) -> MaskResult:
         """Mask ``document`` in place. ``records`` overrides the policy's record spec."""

@@ -1,0 +1,1539 @@
+/*
+ * gateway._fastmask: the masking plan applied in one pass over the response
+ * bytes, without building Python objects.
+ *
+ * Theory of operation (the Python side is gateway/rules/native.py).
+ *
+ * A Program is a plan's automaton flattened into C tables: per state the
+ * transitions by member name (a small hash table), by array index and for
+ * every other name or index, the outcome of the rule accepting there (an
+ * index into the action table) and whether anything below can still match.
+ * A records Program is the same for a policy's `records.path`.
+ *
+ * mask() parses the body once, recursively, as strict RFC 8259 JSON and
+ * writes the masked document as compact JSON, byte for byte what the Python
+ * reference pipeline writes (jsoncodec.decode, Plan.apply, jsoncodec.encode):
+ * numbers as their source text, strings with orjson's escaping, key order as
+ * sent, dropped members and elements left out, allow-list skeletons that end
+ * empty removed. It counts the records and collects their ids on the
+ * document as sent.
+ *
+ * It DECLINES (returns None) whenever the body is not something it can
+ * answer for exactly: anything invalid (the Python decoder then names the
+ * reason), a byte order mark, a top-level scalar, nesting beyond max_depth,
+ * an escaped member name, a duplicate member name (last-wins semantics are
+ * the reference's), a lone surrogate, a number with an exponent that
+ * overflows a double, or a transform result it cannot write faithfully. A
+ * decline costs the time spent; the caller runs the reference, so the answer
+ * never depends on which path ran. Declining is the only failure mode: no
+ * partial output ever leaves this module.
+ *
+ * Transforms are native for drop, redact, keep/reveal, hash (HMAC-SHA256
+ * with precomputed pads) and the character masks (keep_ends, the
+ * "significant characters" variants of cn_id/bank_card/cn_phone, email).
+ * Every other transform (cn_name, address, round) is a Python callable,
+ * called with the value as the reference decoder would have built it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+/* ------------------------------------------------------------------ */
+/* actions                                                              */
+
+enum {
+    OP_REVEAL = 0, /* keep / clear: walk on inside */
+    OP_DROP,
+    OP_REDACT,
+    OP_MASK_ENDS,  /* keep_first/keep_last over all characters */
+    OP_MASK_SIG,   /* same over significant characters (not ' ' or '-') */
+    OP_MASK_CN_ID, /* significant; keep_last 3 for 15 significant chars else 4 */
+    OP_MASK_PHONE, /* (+86|0086)[ -]? prefix kept, then significant */
+    OP_MASK_EMAIL, /* keep_ends(local part, first, 0) + "@domain" */
+    OP_HASH,
+    OP_CALL,       /* a Python callable */
+    OP_ROUND_INT,  /* round {step: integer}: ints and plain non-negative decimals */
+    OP_CN_NAME,
+    OP_ADDRESS
+};
+
+typedef struct {
+    int op;
+    int first, last;      /* -1: the preset's default */
+    char mchar[4];
+    int mchar_len;
+    long long step;       /* OP_ROUND_INT */
+    uint32_t inner[8], outer[8]; /* HMAC-SHA256 states after the key pads */
+    int hash_len;
+    PyObject *call;
+} Action;
+
+/* ------------------------------------------------------------------ */
+/* automaton                                                            */
+
+typedef struct {
+    const char *key;
+    Py_ssize_t len;
+    uint32_t hash;
+    int target;
+} KeyEnt;
+
+typedef struct {
+    int outcome; /* action index, -1 none (records programs: 0 = a record) */
+    int live;
+    int other;   /* -1 none */
+    uint32_t kmask; /* table size - 1; table NULL when no names */
+    KeyEnt *ktab;
+    int nidx;
+    int64_t *idx;
+    int *idx_target;
+} State;
+
+typedef struct {
+    PyObject_HEAD
+    int nstates;
+    State *states;
+    int start;
+    int nactions;
+    Action *actions;
+    int unlisted; /* counter slot of unlisted values */
+    int allow;
+    char *keybuf;
+    PyObject *refs; /* keeps callables alive */
+} Program;
+
+static uint32_t fnv(const char *s, Py_ssize_t n) {
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static int lookup_key(const State *st, const char *k, Py_ssize_t n) {
+    if (st->ktab != NULL) {
+        uint32_t h = fnv(k, n);
+        uint32_t i = h & st->kmask;
+        for (;;) {
+            const KeyEnt *e = &st->ktab[i];
+            if (e->key == NULL) break;
+            if (e->hash == h && e->len == n && memcmp(e->key, k, (size_t)n) == 0) return e->target;
+            i = (i + 1) & st->kmask;
+        }
+    }
+    return st->other;
+}
+
+static int lookup_idx(const State *st, int64_t j) {
+    for (int i = 0; i < st->nidx; i++)
+        if (st->idx[i] == j) return st->idx_target[i];
+    return st->other;
+}
+
+/* ------------------------------------------------------------------ */
+/* SHA-256 (FIPS 180-4)                                                 */
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+static const uint32_t H256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(uint32_t st[8], const unsigned char *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) |
+               ((uint32_t)p[4 * i + 2] << 8) | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = st[0], b = st[1], c = st[2], d = st[3], e = st[4], f = st[5], g = st[6],
+             h = st[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t S1 = ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25);
+        uint32_t ch = (e & f) ^ (~e & g);
+        uint32_t t1 = h + S1 + ch + K256[i] + w[i];
+        uint32_t S0 = ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22);
+        uint32_t mj = (a & b) ^ (a & c) ^ (b & c);
+        uint32_t t2 = S0 + mj;
+        h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    st[0] += a; st[1] += b; st[2] += c; st[3] += d;
+    st[4] += e; st[5] += f; st[6] += g; st[7] += h;
+}
+
+/* Continue from `init` (which has absorbed `done` bytes, a multiple of 64)
+   with msg; write the 32-byte digest. */
+static void sha256_finish(const uint32_t init[8], uint64_t done, const unsigned char *msg,
+                          size_t n, unsigned char out[32]) {
+    uint32_t st[8];
+    memcpy(st, init, sizeof st);
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) sha256_block(st, msg + i);
+    unsigned char tail[128];
+    size_t r = n - i;
+    memcpy(tail, msg + i, r);
+    tail[r] = 0x80;
+    size_t total = (r + 1 + 8 <= 64) ? 64 : 128;
+    memset(tail + r + 1, 0, total - r - 1);
+    uint64_t bits = (done + (uint64_t)n) * 8;
+    for (int k = 0; k < 8; k++) tail[total - 1 - k] = (unsigned char)(bits >> (8 * k));
+    sha256_block(st, tail);
+    if (total == 128) sha256_block(st, tail + 64);
+    for (int k = 0; k < 8; k++) {
+        out[4 * k] = (unsigned char)(st[k] >> 24);
+        out[4 * k + 1] = (unsigned char)(st[k] >> 16);
+        out[4 * k + 2] = (unsigned char)(st[k] >> 8);
+        out[4 * k + 3] = (unsigned char)st[k];
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* output buffer                                                        */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_grow(Buf *b, Py_ssize_t need) {
+    Py_ssize_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < need) cap *= 2;
+    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    if (p == NULL) return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (b->cap - b->len < n && buf_grow(b, n) < 0) return -1;
+    memcpy(b->p + b->len, s, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static inline int buf_byte(Buf *b, char c) {
+    if (b->cap - b->len < 1 && buf_grow(b, 1) < 0) return -1;
+    b->p[b->len++] = c;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the parse                                                            */
+
+#define DECLINE (-1)
+#define OK 0
+#define DROPPED 1
+
+typedef struct {
+    const unsigned char *s;
+    Py_ssize_t n, i;
+    int depth, max_depth;
+    Program *prog;
+    Program *rec;      /* may be NULL */
+    const char *id_key;
+    Py_ssize_t id_len;
+    Buf out;
+    Buf tmp;           /* decoded strings, transform results */
+    Py_ssize_t *counts;
+    Py_ssize_t nrecords;
+    PyObject *ids;     /* list of str */
+    PyObject *number_type;
+    int error;         /* a Python exception is set (memory) */
+} Ctx;
+
+static const char MARKER[] = "\"[REDACTED]\"";
+
+static inline void skip_ws(Ctx *c) {
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i, n = c->n;
+    while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
+    c->i = i;
+}
+
+static int hexval(unsigned char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+static int read_hex4(const unsigned char *p) {
+    int v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval(p[k]);
+        if (h < 0) return -1;
+        v = (v << 4) | h;
+    }
+    return v;
+}
+
+/* Length of a valid UTF-8 sequence at p (n bytes left), or 0. */
+static inline int utf8_seq(const unsigned char *p, Py_ssize_t n) {
+    unsigned char b = p[0];
+    if (b < 0x80) return 1;
+    if (b >= 0xC2 && b <= 0xDF) {
+        return (n >= 2 && (p[1] & 0xC0) == 0x80) ? 2 : 0;
+    }
+    if (b >= 0xE0 && b <= 0xEF) {
+        if (n < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
+        if (b == 0xE0 && p[1] < 0xA0) return 0;   /* overlong */
+        if (b == 0xED && p[1] >= 0xA0) return 0;  /* surrogate */
+        return 3;
+    }
+    if (b >= 0xF0 && b <= 0xF4) {
+        if (n < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+            return 0;
+        if (b == 0xF0 && p[1] < 0x90) return 0;   /* overlong */
+        if (b == 0xF4 && p[1] >= 0x90) return 0;  /* above U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
+/* Scan a string token starting at the opening quote. On success c->i is past
+   the closing quote and *esc says whether it holds escapes. */
+static int scan_string(Ctx *c, int *esc) {
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i + 1, n = c->n;
+    int e = 0;
+    for (;;) {
+        while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
+        if (i >= n) return DECLINE;
+        unsigned char ch = s[i];
+        if (ch == '"') break;
+        if (ch < 0x20) return DECLINE;
+        if (ch == '\\') {
+            e = 1;
+            if (i + 1 >= n) return DECLINE;
+            unsigned char x = s[i + 1];
+            if (x == 'u') {
+                if (i + 6 > n) return DECLINE;
+                int u = read_hex4(s + i + 2);
+                if (u < 0) return DECLINE;
+                if (u >= 0xD800 && u <= 0xDBFF) {
+                    if (i + 12 > n || s[i + 6] != '\\' || s[i + 7] != 'u') return DECLINE;
+                    int lo = read_hex4(s + i + 8);
+                    if (lo < 0xDC00 || lo > 0xDFFF) return DECLINE;
+                    i += 12;
+                } else if (u >= 0xDC00 && u <= 0xDFFF) {
+                    return DECLINE; /* lone low surrogate */
+                } else {
+                    i += 6;
+                }
+            } else if (x == '"' || x == '\\' || x == '/' || x == 'b' || x == 'f' || x == 'n' ||
+                       x == 'r' || x == 't') {
+                i += 2;
+            } else {
+                return DECLINE;
+            }
+            continue;
+        }
+        int k = utf8_seq(s + i, n - i);
+        if (k == 0) return DECLINE;
+        i += k;
+    }
+    *esc = e;
+    c->i = i + 1;
+    return OK;
+}
+
+static int put_utf8(Buf *b, uint32_t cp) {
+    char t[4];
+    int k;
+    if (cp < 0x80) { t[0] = (char)cp; k = 1; }
+    else if (cp < 0x800) { t[0] = (char)(0xC0 | (cp >> 6)); t[1] = (char)(0x80 | (cp & 0x3F)); k = 2; }
+    else if (cp < 0x10000) {
+        t[0] = (char)(0xE0 | (cp >> 12)); t[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        t[2] = (char)(0x80 | (cp & 0x3F)); k = 3;
+    } else {
+        t[0] = (char)(0xF0 | (cp >> 18)); t[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        t[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); t[3] = (char)(0x80 | (cp & 0x3F)); k = 4;
+    }
+    return buf_put(b, t, k);
+}
+
+/* Decode the (already scanned, valid) string token body s[a:b) into UTF-8. */
+static int unescape(Buf *dst, const unsigned char *s, Py_ssize_t a, Py_ssize_t b) {
+    Py_ssize_t i = a;
+    while (i < b) {
+        Py_ssize_t j = i;
+        while (j < b && s[j] != '\\') j++;
+        if (j > i && buf_put(dst, (const char *)s + i, j - i) < 0) return -1;
+        if (j >= b) break;
+        unsigned char x = s[j + 1];
+        uint32_t cp;
+        switch (x) {
+        case 'b': cp = 8; break;
+        case 'f': cp = 12; break;
+        case 'n': cp = 10; break;
+        case 'r': cp = 13; break;
+        case 't': cp = 9; break;
+        case 'u': {
+            cp = (uint32_t)read_hex4(s + j + 2);
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                uint32_t lo = (uint32_t)read_hex4(s + j + 8);
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                j += 6;
+            }
+            j += 4;
+            break;
+        }
+        default: cp = x;
+        }
+        if (put_utf8(dst, cp) < 0) return -1;
+        i = j + 2;
+    }
+    return 0;
+}
+
+/* Write UTF-8 text as a JSON string, escaped as orjson escapes. */
+static int put_json_string(Buf *b, const char *s, Py_ssize_t n) {
+    static const char hex[] = "0123456789abcdef";
+    if (buf_byte(b, '"') < 0) return -1;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        Py_ssize_t j = i;
+        while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\') j++;
+        if (j > i && buf_put(b, s + i, j - i) < 0) return -1;
+        if (j >= n) break;
+        unsigned char ch = (unsigned char)s[j];
+        char e[6] = {'\\', 0, 0, 0, 0, 0};
+        int k = 2;
+        switch (ch) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            e[1] = 'u'; e[2] = '0'; e[3] = '0'; e[4] = hex[ch >> 4]; e[5] = hex[ch & 15]; k = 6;
+        }
+        if (buf_put(b, e, k) < 0) return -1;
+        i = j + 1;
+    }
+    return buf_byte(b, '"');
+}
+
+/* Scan a number token; *exact_int: an integer token that the reference
+   decodes as a Python int (no fraction/exponent, not -0, within int64). */
+static int scan_number(Ctx *c, int *is_int) {
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i, n = c->n, start = c->i;
+    int integral = 1, has_exp = 0;
+    if (i < n && s[i] == '-') i++;
+    if (i >= n) return DECLINE;
+    if (s[i] == '0') {
+        i++;
+    } else if (s[i] >= '1' && s[i] <= '9') {
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    } else {
+        return DECLINE;
+    }
+    if (i < n && s[i] == '.') {
+        integral = 0;
+        i++;
+        if (i >= n || s[i] < '0' || s[i] > '9') return DECLINE;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        integral = 0;
+        has_exp = 1;
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+        if (i >= n || s[i] < '0' || s[i] > '9') return DECLINE;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    Py_ssize_t len = i - start;
+    if (has_exp || len > 300) {
+        /* The reference refuses numbers that overflow a double. */
+        char tmp[400];
+        if (len >= (Py_ssize_t)sizeof tmp) return DECLINE;
+        memcpy(tmp, s + start, (size_t)len);
+        tmp[len] = 0;
+        double d = PyOS_string_to_double(tmp, NULL, NULL);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return DECLINE;
+        }
+        if (isinf(d)) return DECLINE;
+    }
+    int exact = 0;
+    if (integral) {
+        if (len == 2 && s[start] == '-' && s[start + 1] == '0') {
+            exact = 0;
+        } else if (len < 19) {
+            exact = 1;
+        } else if (len <= 20) {
+            /* compare with the int64 bounds textually */
+            int neg = s[start] == '-';
+            Py_ssize_t digits = len - neg;
+            const char *lim = neg ? "9223372036854775808" : "9223372036854775807";
+            if (digits < 19) exact = 1;
+            else if (digits == 19) exact = memcmp(s + start + neg, lim, 19) <= 0;
+        }
+    }
+    *is_int = exact;
+    c->i = i;
+    return OK;
+}
+
+/* ---- masks over UTF-8 text ---------------------------------------- */
+
+static inline int is_cont(unsigned char b) { return (b & 0xC0) == 0x80; }
+
+static Py_ssize_t count_cp(const char *s, Py_ssize_t n) {
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) k += !is_cont((unsigned char)s[i]);
+    return k;
+}
+
+/* byte offset of code point number `cp` (cp <= count) */
+static Py_ssize_t cp_offset(const char *s, Py_ssize_t n, Py_ssize_t cp) {
+    Py_ssize_t k = 0, i = 0;
+    for (; i < n; i++) {
+        if (!is_cont((unsigned char)s[i])) {
+            if (k == cp) return i;
+            k++;
+        }
+    }
+    return n;
+}
+
+static int put_chars(Buf *b, const Action *a, Py_ssize_t k) {
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (buf_put(b, a->mchar, a->mchar_len) < 0) return -1;
+    return 0;
+}
+
+static int keep_ends(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
+                     Py_ssize_t last) {
+    Py_ssize_t cps = count_cp(s, n);
+    if (cps <= first + last) return put_chars(b, a, cps);
+    Py_ssize_t head = cp_offset(s, n, first);
+    Py_ssize_t tail = cp_offset(s, n, cps - last);
+    if (buf_put(b, s, head) < 0) return -1;
+    if (put_chars(b, a, cps - first - last) < 0) return -1;
+    return buf_put(b, s + tail, n - tail);
+}
+
+static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
+                         Py_ssize_t last) {
+    if (memchr(s, ' ', (size_t)n) == NULL && memchr(s, '-', (size_t)n) == NULL)
+        return keep_ends(b, a, s, n, first, last);
+    Py_ssize_t sig = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!is_cont(ch) && ch != ' ' && ch != '-') sig++;
+    }
+    int all = sig <= first + last;
+    Py_ssize_t k = 0, i = 0;
+    while (i < n) {
+        Py_ssize_t j = i + 1;
+        while (j < n && is_cont((unsigned char)s[j])) j++;
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == ' ' || ch == '-') {
+            if (buf_byte(b, (char)ch) < 0) return -1;
+        } else {
+            int hide = all || (k >= first && k < sig - last);
+            if (hide ? buf_put(b, a->mchar, a->mchar_len) : buf_put(b, s + i, j - i)) return -1;
+            k++;
+        }
+        i = j;
+    }
+    return 0;
+}
+
+/* Code points of valid UTF-8 text, with the byte offset of each (off[n] = len). */
+typedef struct {
+    uint32_t *cp;
+    Py_ssize_t *off;
+    Py_ssize_t n;
+} Cps;
+
+static int decode_cps(Cps *d, const char *s, Py_ssize_t len) {
+    d->cp = PyMem_Malloc(sizeof(uint32_t) * (size_t)(len + 1));
+    d->off = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(len + 1));
+    if (d->cp == NULL || d->off == NULL) return -1;
+    Py_ssize_t i = 0, k = 0;
+    while (i < len) {
+        unsigned char b0 = (unsigned char)s[i];
+        uint32_t c;
+        int m;
+        if (b0 < 0x80) { c = b0; m = 1; }
+        else if (b0 < 0xE0) { c = b0 & 0x1F; m = 2; }
+        else if (b0 < 0xF0) { c = b0 & 0x0F; m = 3; }
+        else { c = b0 & 0x07; m = 4; }
+        for (int j = 1; j < m; j++) c = (c << 6) | ((unsigned char)s[i + j] & 0x3F);
+        d->cp[k] = c;
+        d->off[k] = i;
+        k++;
+        i += m;
+    }
+    d->off[k] = len;
+    d->n = k;
+    return 0;
+}
+
+static void free_cps(Cps *d) {
+    PyMem_Free(d->cp);
+    PyMem_Free(d->off);
+}
+
+/* 复姓: pairs of code points, sorted, set once by set_surnames(). */
+static uint64_t *surnames = NULL;
+static Py_ssize_t nsurnames = 0;
+
+static int is_compound(uint32_t a, uint32_t b) {
+    uint64_t key = ((uint64_t)a << 32) | b;
+    Py_ssize_t lo = 0, hi = nsurnames;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (surnames[mid] < key) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < nsurnames && surnames[lo] == key;
+}
+
+static int is_cjk(uint32_t c) {
+    return (c >= 0x3400 && c <= 0x9FFF) || (c >= 0x20000 && c <= 0x3134F);
+}
+
+static int is_name_sep(uint32_t c) {
+    return c == ' ' || c == 0xB7 || c == 0x2022 || c == 0x30FB || c == '.' || c == '-';
+}
+
+static int put_cp_range(Buf *b, const char *s, const Cps *d, Py_ssize_t from, Py_ssize_t to) {
+    return buf_put(b, s + d->off[from], d->off[to] - d->off[from]);
+}
+
+static int cn_name(Buf *b, const Action *a, const char *s, Py_ssize_t len) {
+    Cps d;
+    if (decode_cps(&d, s, len) < 0) { free_cps(&d); return -1; }
+    int rc = 0, cjk = 0;
+    for (Py_ssize_t i = 0; i < d.n && !cjk; i++) cjk = is_cjk(d.cp[i]);
+    if (d.n == 0) {
+        rc = 0;
+    } else if (cjk) {
+        Py_ssize_t sur = (d.n >= 3 && is_compound(d.cp[0], d.cp[1])) ? 2 : 1;
+        rc = put_cp_range(b, s, &d, 0, sur);
+        for (Py_ssize_t i = sur; i < d.n && rc == 0; i++)
+            rc = is_name_sep(d.cp[i]) ? put_cp_range(b, s, &d, i, i + 1)
+                                      : buf_put(b, a->mchar, a->mchar_len);
+    } else {
+        int prev_sep = 1;
+        for (Py_ssize_t i = 0; i < d.n && rc == 0; i++) {
+            if (is_name_sep(d.cp[i])) {
+                rc = put_cp_range(b, s, &d, i, i + 1);
+                prev_sep = 1;
+            } else {
+                rc = prev_sep ? put_cp_range(b, s, &d, i, i + 1)
+                              : buf_put(b, a->mchar, a->mchar_len);
+                prev_sep = 0;
+            }
+        }
+    }
+    free_cps(&d);
+    return rc;
+}
+
+/* presets.address: _UNIT is one character that is not \s, \d, 0-9, ０-９ or a
+   street-level character; \s and \d as Python's re has them for str. */
+static const uint32_t NOT_UNIT[] = {0x7701, 0x5E02, 0x533A, 0x53BF, 0x65D7, 0x9547, 0x4E61,
+                                    0x6751, 0x8DEF, 0x8857, 0x9053, 0x5DF7, 0x53F7, 0x5F04,
+                                    0x680B, 0x697C, 0x5BA4, 0x5355, 0x5143, 0x5E62, 0x5EA7,
+                                    0x5C42, '#', ',', 0xFF0C};
+
+static int is_unit(uint32_t c) {
+    if (Py_UNICODE_ISSPACE(c) || Py_UNICODE_ISDECIMAL(c)) return 0;
+    if ((c >= '0' && c <= '9') || (c >= 0xFF10 && c <= 0xFF19)) return 0;
+    for (size_t i = 0; i < sizeof NOT_UNIT / sizeof NOT_UNIT[0]; i++)
+        if (NOT_UNIT[i] == c) return 0;
+    return 1;
+}
+
+static int cps_at(const Cps *d, Py_ssize_t pos, const uint32_t *lit, int n) {
+    if (pos + n > d->n) return 0;
+    for (int i = 0; i < n; i++)
+        if (d->cp[pos + i] != lit[i]) return 0;
+    return 1;
+}
+
+/* `UNIT{lo,8}?(?:suffixes)` at pos, lazily: the end, or -1. */
+static Py_ssize_t admin_unit(const Cps *d, Py_ssize_t pos, int lo, const uint32_t *suf,
+                             const int *suflen, int nsuf) {
+    for (int n = 1; n <= 8; n++) {
+        if (pos + n > d->n || !is_unit(d->cp[pos + n - 1])) return -1;
+        if (n < lo) continue;
+        Py_ssize_t at = pos + n;
+        const uint32_t *p = suf;
+        for (int k = 0; k < nsuf; k++) {
+            if (cps_at(d, at, p, suflen[k])) return at + suflen[k];
+            p += suflen[k];
+        }
+    }
+    return -1;
+}
+
+static const uint32_t PROV_SUF[] = {0x7701, 0x81EA, 0x6CBB, 0x533A, 0x7279, 0x522B, 0x884C,
+                                    0x653F, 0x533A}; /* 省 自治区 特别行政区 */
+static const int PROV_LEN[] = {1, 3, 5};
+static const uint32_t MUNI[] = {0x5317, 0x4EAC, 0x5E02, 0x5929, 0x6D25, 0x5E02, 0x4E0A,
+                                0x6D77, 0x5E02, 0x91CD, 0x5E86, 0x5E02}; /* 北京市 天津市 上海市 重庆市 */
+static const uint32_t CITY_SUF[] = {0x5E02, 0x81EA, 0x6CBB, 0x5DDE, 0x5730, 0x533A,
+                                    0x76DF}; /* 市 自治州 地区 盟 */
+static const int CITY_LEN[] = {1, 3, 2, 1};
+static const uint32_t DIST_SUF[] = {0x533A, 0x53BF, 0x5E02, 0x65D7}; /* 区 县 市 旗 */
+static const int DIST_LEN[] = {1, 1, 1, 1};
+/* 小区 社区 园区 校区 景区 厂区 营区 街区 片区: not districts; and 新村 */
+static const uint32_t NOT_DIST_FIRST[] = {0x5C0F, 0x793E, 0x56ED, 0x6821, 0x666F,
+                                          0x5382, 0x8425, 0x8857, 0x7247};
+
+static int address(Buf *b, const Action *a, const char *s, Py_ssize_t len) {
+    Cps d;
+    if (decode_cps(&d, s, len) < 0) { free_cps(&d); return -1; }
+    Py_ssize_t pos = admin_unit(&d, 0, 2, PROV_SUF, PROV_LEN, 3);
+    if (pos < 0) {
+        pos = 0;
+        for (int k = 0; k < 4; k++)
+            if (cps_at(&d, 0, MUNI + 3 * k, 3)) { pos = 3; break; }
+    }
+    Py_ssize_t city = admin_unit(&d, pos, 1, CITY_SUF, CITY_LEN, 4);
+    if (city >= 0) pos = city;
+    Py_ssize_t end = pos;
+    Py_ssize_t dist = admin_unit(&d, pos, 1, DIST_SUF, DIST_LEN, 4);
+    if (dist >= 0) {
+        end = dist;
+        uint32_t last = d.cp[dist - 1], before = dist - pos >= 2 ? d.cp[dist - 2] : 0;
+        int not_district = 0;
+        if (last == 0x533A && dist - pos >= 2)
+            for (size_t i = 0; i < sizeof NOT_DIST_FIRST / sizeof NOT_DIST_FIRST[0]; i++)
+                not_district |= before == NOT_DIST_FIRST[i];
+        if (last == 0x6751 && before == 0x65B0) not_district = 1; /* 新村 */
+        if (not_district) end = pos;
+    }
+    int rc = put_cp_range(b, s, &d, 0, end);
+    if (rc == 0) rc = put_chars(b, a, d.n - end);
+    free_cps(&d);
+    return rc;
+}
+
+/* The mask of UTF-8 text s into b, per action. */
+static int mask_text(Buf *b, const Action *a, const char *s, Py_ssize_t n) {
+    switch (a->op) {
+    case OP_MASK_ENDS:
+        return keep_ends(b, a, s, n, a->first, a->last);
+    case OP_MASK_SIG:
+        return keep_ends_sig(b, a, s, n, a->first, a->last);
+    case OP_MASK_CN_ID: {
+        Py_ssize_t last = a->last;
+        if (last < 0) {
+            Py_ssize_t sig = count_cp(s, n);
+            for (Py_ssize_t i = 0; i < n; i++) sig -= (s[i] == ' ' || s[i] == '-');
+            last = sig == 15 ? 3 : 4;
+        }
+        return keep_ends_sig(b, a, s, n, a->first < 0 ? 6 : a->first, last);
+    }
+    case OP_MASK_PHONE: {
+        Py_ssize_t p = 0;
+        if (n >= 3 && memcmp(s, "+86", 3) == 0) p = 3;
+        else if (n >= 4 && memcmp(s, "0086", 4) == 0) p = 4;
+        if (p && p < n && (s[p] == ' ' || s[p] == '-')) p++;
+        if (p && buf_put(b, s, p) < 0) return -1;
+        return keep_ends_sig(b, a, s + p, n - p, a->first, a->last);
+    }
+    case OP_MASK_EMAIL: {
+        Py_ssize_t at = -1;
+        for (Py_ssize_t i = n - 1; i >= 0; i--)
+            if (s[i] == '@') { at = i; break; }
+        if (at < 0) return keep_ends(b, a, s, n, a->first, 0);
+        if (keep_ends(b, a, s, at, a->first, 0) < 0) return -1;
+        return buf_put(b, s + at, n - at);
+    }
+    case OP_CN_NAME:
+        return cn_name(b, a, s, n);
+    case OP_ADDRESS:
+        return address(b, a, s, n);
+    case OP_HASH: {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char d1[32], d2[32];
+        char h[2 + 64];
+        sha256_finish(a->inner, 64, (const unsigned char *)s, (size_t)n, d1);
+        sha256_finish(a->outer, 64, d1, 32, d2);
+        h[0] = 'h';
+        h[1] = ':';
+        for (int k = 0; k < a->hash_len; k++)
+            h[2 + k] = hex[(d2[k / 2] >> ((k % 2) ? 0 : 4)) & 15];
+        return buf_put(b, h, 2 + a->hash_len);
+    }
+    }
+    return -1;
+}
+
+/* ---- values -------------------------------------------------------- */
+
+static int parse_value(Ctx *c, int ms, int allow, int emit, int rs);
+
+static inline int next_state(const Program *p, int st, const char *k, Py_ssize_t n) {
+    return st < 0 ? -1 : lookup_key(&p->states[st], k, n);
+}
+
+static inline int next_index(const Program *p, int st, int64_t j) {
+    return st < 0 ? -1 : lookup_idx(&p->states[st], j);
+}
+
+/* A Python value equal to what the reference decoder builds for the scalar
+   token s[a:b) (tok: '"', 'n' number, 't', 'f', 'z' null). */
+static PyObject *scalar_object(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc, int is_int) {
+    const char *s = (const char *)c->s;
+    switch (tok) {
+    case '"':
+        if (!esc) return PyUnicode_DecodeUTF8(s + a + 1, b - a - 2, "strict");
+        c->tmp.len = 0;
+        if (unescape(&c->tmp, c->s, a + 1, b - 1) < 0) return PyErr_NoMemory();
+        return PyUnicode_DecodeUTF8(c->tmp.p, c->tmp.len, "strict");
+    case 't': Py_RETURN_TRUE;
+    case 'f': Py_RETURN_FALSE;
+    case 'z': Py_RETURN_NONE;
+    }
+    PyObject *text = PyUnicode_FromStringAndSize(s + a, b - a);
+    if (text == NULL) return NULL;
+    if (is_int) {
+        PyObject *v = PyLong_FromUnicodeObject(text, 10);
+        Py_DECREF(text);
+        return v;
+    }
+    PyObject *v = PyObject_CallOneArg(c->number_type, text);
+    Py_DECREF(text);
+    return v;
+}
+
+/* Serialise a transform's result; DECLINE for anything not faithfully writable. */
+static int put_result(Ctx *c, PyObject *r) {
+    if (r == Py_None) return buf_put(&c->out, "null", 4) < 0 ? DECLINE : OK;
+    if (r == Py_True) return buf_put(&c->out, "true", 4) < 0 ? DECLINE : OK;
+    if (r == Py_False) return buf_put(&c->out, "false", 5) < 0 ? DECLINE : OK;
+    if (PyUnicode_CheckExact(r)) {
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(r, &n);
+        if (u == NULL) { PyErr_Clear(); return DECLINE; }
+        return put_json_string(&c->out, u, n) < 0 ? DECLINE : OK;
+    }
+    if (PyLong_CheckExact(r)) {
+        PyObject *t = PyObject_Str(r);
+        if (t == NULL) { PyErr_Clear(); return DECLINE; }
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(t, &n);
+        int rc = (u == NULL || buf_put(&c->out, u, n) < 0) ? DECLINE : OK;
+        Py_DECREF(t);
+        if (u == NULL) PyErr_Clear();
+        return rc;
+    }
+    if (Py_TYPE(r) == (PyTypeObject *)c->number_type) {
+        PyObject *t = PyObject_GetAttrString(r, "text");
+        if (t == NULL) { PyErr_Clear(); return DECLINE; }
+        int rc = DECLINE;
+        Py_ssize_t n;
+        const char *u = PyUnicode_CheckExact(t) ? PyUnicode_AsUTF8AndSize(t, &n) : NULL;
+        if (u != NULL && n > 0) {
+            /* must be a JSON number, or it could inject structure */
+            Ctx probe = *c;
+            probe.s = (const unsigned char *)u;
+            probe.n = n;
+            probe.i = 0;
+            int dummy;
+            if (scan_number(&probe, &dummy) == OK && probe.i == n)
+                rc = buf_put(&c->out, u, n) < 0 ? DECLINE : OK;
+        }
+        if (u == NULL) PyErr_Clear();
+        Py_DECREF(t);
+        return rc;
+    }
+    return DECLINE;
+}
+
+/* Apply a transform action to the scalar token s[a:b). */
+static int transform_scalar(Ctx *c, const Action *act, int tok, Py_ssize_t a, Py_ssize_t b,
+                            int esc, int is_int) {
+    Buf *out = &c->out;
+    if (act->op == OP_REDACT) return buf_put(out, MARKER, sizeof MARKER - 1) < 0 ? DECLINE : OK;
+    if (act->op == OP_ROUND_INT) {
+        if (tok == 'z') return buf_put(out, "null", 4) < 0 ? DECLINE : OK;
+        if (tok == 't' || tok == 'f')
+            return buf_put(out, MARKER, sizeof MARKER - 1) < 0 ? DECLINE : OK;
+        const unsigned char *t = c->s + a;
+        Py_ssize_t len = b - a, whole = 0;
+        int plain = tok == 'n' && act->step <= 1000000000000000000LL;
+        if (plain && !is_int) {
+            /* a non-negative decimal without exponent: its whole part, floored */
+            while (whole < len && t[whole] >= '0' && t[whole] <= '9') whole++;
+            plain = whole < len && t[whole] == '.' && whole <= 18;
+            for (Py_ssize_t k = whole + 1; plain && k < len; k++)
+                plain = t[k] >= '0' && t[k] <= '9';
+        } else if (plain) {
+            whole = len;
+            plain = len <= 18;
+        }
+        if (plain) {
+            int neg = t[0] == '-';
+            long long v = 0;
+            for (Py_ssize_t k = neg; k < whole; k++) v = v * 10 + (t[k] - '0');
+            if (neg) v = -v;
+            long long q = v / act->step;
+            if (v % act->step != 0 && v < 0) q--;
+            char num[32];
+            int k = snprintf(num, sizeof num, "%lld", q * act->step);
+            return buf_put(out, num, k) < 0 ? DECLINE : OK;
+        }
+        /* everything else as the reference does it */
+    }
+    if (act->op == OP_CALL || act->op == OP_ROUND_INT) {
+        PyObject *v = scalar_object(c, tok, a, b, esc, is_int);
+        if (v == NULL) { PyErr_Clear(); return DECLINE; }
+        PyObject *r = PyObject_CallOneArg(act->call, v);
+        Py_DECREF(v);
+        if (r == NULL) { PyErr_Clear(); return DECLINE; }
+        int rc = put_result(c, r);
+        Py_DECREF(r);
+        return rc;
+    }
+    /* masks and hash work on the value's text; null stays null */
+    if (tok == 'z') return buf_put(out, "null", 4) < 0 ? DECLINE : OK;
+    const char *text;
+    Py_ssize_t len;
+    if (tok == '"') {
+        if (esc) {
+            c->tmp.len = 0;
+            if (unescape(&c->tmp, c->s, a + 1, b - 1) < 0) return DECLINE;
+            text = c->tmp.p;
+            len = c->tmp.len;
+        } else {
+            text = (const char *)c->s + a + 1;
+            len = b - a - 2;
+        }
+    } else if (tok == 'n') {
+        text = (const char *)c->s + a;
+        len = b - a;
+    } else if (act->op == OP_HASH) {
+        text = tok == 't' ? "true" : "false";
+        len = tok == 't' ? 4 : 5;
+    } else {
+        return buf_put(out, MARKER, sizeof MARKER - 1) < 0 ? DECLINE : OK; /* mask of a bool */
+    }
+    /* masked text goes through a second buffer, then out with escaping */
+    Buf m = {NULL, 0, 0};
+    if (text == c->tmp.p) {
+        /* text lives in tmp; mask into a fresh buffer */
+        if (mask_text(&m, act, text, len) < 0) { PyMem_Free(m.p); return DECLINE; }
+    } else {
+        c->tmp.len = 0;
+        if (mask_text(&c->tmp, act, text, len) < 0) return DECLINE;
+        int rc = put_json_string(out, c->tmp.p, c->tmp.len) < 0 ? DECLINE : OK;
+        return rc;
+    }
+    int rc = put_json_string(out, m.p, m.len) < 0 ? DECLINE : OK;
+    PyMem_Free(m.p);
+    return rc;
+}
+
+/* Parse one scalar token at c->i: its kind and flags. */
+static int scan_scalar(Ctx *c, int *tok, int *esc, int *is_int) {
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i, n = c->n;
+    unsigned char ch = s[i];
+    *esc = 0;
+    *is_int = 0;
+    if (ch == '"') { *tok = '"'; return scan_string(c, esc); }
+    if (ch == '-' || (ch >= '0' && ch <= '9')) { *tok = 'n'; return scan_number(c, is_int); }
+    if (ch == 't' && n - i >= 4 && memcmp(s + i, "true", 4) == 0) { *tok = 't'; c->i += 4; return OK; }
+    if (ch == 'f' && n - i >= 5 && memcmp(s + i, "false", 5) == 0) { *tok = 'f'; c->i += 5; return OK; }
+    if (ch == 'n' && n - i >= 4 && memcmp(s + i, "null", 4) == 0) { *tok = 'z'; c->i += 4; return OK; }
+    return DECLINE;
+}
+
+/* Copy a scalar token to the output, normalised as the reference writes it. */
+static int copy_scalar(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
+    if (tok == '"' && esc) {
+        c->tmp.len = 0;
+        if (unescape(&c->tmp, c->s, a + 1, b - 1) < 0) return DECLINE;
+        return put_json_string(&c->out, c->tmp.p, c->tmp.len) < 0 ? DECLINE : OK;
+    }
+    return buf_put(&c->out, (const char *)c->s + a, b - a) < 0 ? DECLINE : OK;
+}
+
+/* Member names of one object, for the duplicate check. */
+typedef struct {
+    Py_ssize_t off, len;
+} KeyRef;
+
+static int check_duplicate(Ctx *c, KeyRef *keys, int nkeys, Py_ssize_t off, Py_ssize_t len) {
+    const unsigned char *s = c->s;
+    for (int k = 0; k < nkeys; k++)
+        if (keys[k].len == len && memcmp(s + keys[k].off, s + off, (size_t)len) == 0) return 1;
+    return 0;
+}
+
+static void record_id(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
+    PyObject *v;
+    if (tok == '"') {
+        v = scalar_object(c, tok, a, b, esc, 0);
+    } else if (tok == 'n') {
+        v = PyUnicode_FromStringAndSize((const char *)c->s + a, b - a);
+    } else {
+        return; /* true/false/null: not an id */
+    }
+    if (v == NULL || PyList_Append(c->ids, v) < 0) c->error = 1;
+    Py_XDECREF(v);
+}
+
+/* Value at c->i whose automaton states are ms (mask) and rs (records).
+   Returns OK, DROPPED (the parent must remove the member) or DECLINE. */
+static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
+    const Program *p = c->prog;
+    skip_ws(c);
+    if (c->i >= c->n) return DECLINE;
+    unsigned char ch = c->s[c->i];
+    int container = ch == '{' || ch == '[';
+    const Action *act = NULL;
+    int descend = 0; /* walk inside with ms */
+    if (emit) {
+        int out = ms >= 0 ? p->states[ms].outcome : -1;
+        if (out >= 0) {
+            c->counts[out]++;
+            act = &p->actions[out];
+            if (act->op == OP_REVEAL) {
+                act = NULL;
+                allow = 0;
+                descend = container && p->states[ms].live;
+            }
+        } else if (!container) {
+            if (allow) {
+                c->counts[p->unlisted]++;
+                emit = 0;
+            }
+        } else if (ms >= 0 && p->states[ms].live) {
+            descend = 1;
+        } else if (allow) {
+            c->counts[p->unlisted]++;
+            emit = 0;
+        }
+    }
+    int dropped = !emit; /* emit was on and is now off: the member goes */
+    if (act != NULL) {
+        if (act->op == OP_DROP) {
+            emit = 0;
+            dropped = 1;
+        } else if (container) {
+            /* structures cannot be masked: the marker, and nothing inside */
+            if (buf_put(&c->out, MARKER, sizeof MARKER - 1) < 0) return DECLINE;
+            emit = 0;
+            dropped = 0;
+        }
+    }
+    if (!container) {
+        int tok, esc, is_int;
+        Py_ssize_t a = c->i;
+        if (scan_scalar(c, &tok, &esc, &is_int) < 0) return DECLINE;
+        if (!emit) return dropped ? DROPPED : OK;
+        if (act != NULL) return transform_scalar(c, act, tok, a, c->i, esc, is_int);
+        return copy_scalar(c, tok, a, c->i, esc);
+    }
+    if (!descend) ms = -1;
+    if (++c->depth > c->max_depth) return DECLINE;
+    const Program *r = c->rec;
+    int is_record = ch == '{' && rs >= 0 && r->states[rs].outcome >= 0;
+    if (is_record) c->nrecords++;
+    Py_ssize_t in = 0, kept = 0;
+    c->i++;
+    if (emit && buf_byte(&c->out, (char)ch) < 0) return DECLINE;
+    skip_ws(c);
+    if (ch == '{') {
+        KeyRef small[32];
+        KeyRef *keys = small;
+        int nkeys = 0, cap = 32;
+        int rc = OK;
+        if (c->i < c->n && c->s[c->i] == '}') {
+            c->i++;
+        } else {
+            for (;;) {
+                skip_ws(c);
+                if (c->i >= c->n || c->s[c->i] != '"') { rc = DECLINE; break; }
+                int esc;
+                Py_ssize_t ka = c->i;
+                if (scan_string(c, &esc) < 0 || esc) { rc = DECLINE; break; }
+                Py_ssize_t kend = c->i, koff = ka + 1, klen = c->i - ka - 2;
+                if (check_duplicate(c, keys, nkeys, koff, klen)) { rc = DECLINE; break; }
+                if (nkeys == cap) {
+                    KeyRef *nk = PyMem_Malloc(sizeof(KeyRef) * (size_t)cap * 2);
+                    if (nk == NULL) { rc = DECLINE; break; }
+                    memcpy(nk, keys, sizeof(KeyRef) * (size_t)nkeys);
+                    if (keys != small) PyMem_Free(keys);
+                    keys = nk;
+                    cap *= 2;
+                }
+                keys[nkeys].off = koff;
+                keys[nkeys].len = klen;
+                nkeys++;
+                skip_ws(c);
+                if (c->i >= c->n || c->s[c->i] != ':') { rc = DECLINE; break; }
+                c->i++;
+                Py_ssize_t save = c->out.len;
+                if (emit) {
+                    if ((kept && buf_byte(&c->out, ',') < 0) ||
+                        buf_put(&c->out, (const char *)c->s + ka, kend - ka) < 0 ||
+                        buf_byte(&c->out, ':') < 0) { rc = DECLINE; break; }
+                }
+                const char *k = (const char *)c->s + koff;
+                int cms = next_state(p, ms, k, klen);
+                int crs = r != NULL ? next_state(r, rs, k, klen) : -1;
+                int is_id = is_record && klen == c->id_len && memcmp(k, c->id_key, (size_t)klen) == 0;
+                Py_ssize_t va = 0;
+                if (is_id) { skip_ws(c); va = c->i; }
+                int v = parse_value(c, cms, allow, emit, crs);
+                if (v == DECLINE) { rc = DECLINE; break; }
+                if (is_id && c->s[va] != '{' && c->s[va] != '[') {
+                    int tok, esc2, is_int;
+                    Ctx probe = *c;
+                    probe.i = va;
+                    scan_scalar(&probe, &tok, &esc2, &is_int);
+                    record_id(c, tok, va, probe.i, esc2);
+                    if (c->error) { rc = DECLINE; break; }
+                }
+                in++;
+                if (emit) {
+                    if (v == DROPPED) c->out.len = save;
+                    else kept++;
+                }
+                skip_ws(c);
+                if (c->i >= c->n) { rc = DECLINE; break; }
+                if (c->s[c->i] == ',') { c->i++; continue; }
+                if (c->s[c->i] == '}') { c->i++; break; }
+                rc = DECLINE;
+                break;
+            }
+        }
+        if (keys != small) PyMem_Free(keys);
+        if (rc == DECLINE) return DECLINE;
+    } else {
+        if (c->i < c->n && c->s[c->i] == ']') {
+            c->i++;
+        } else {
+            int64_t j = 0;
+            for (;;) {
+                Py_ssize_t save = c->out.len;
+                if (emit && kept && buf_byte(&c->out, ',') < 0) return DECLINE;
+                int cms = next_index(p, ms, j);
+                int crs = r != NULL ? next_index(r, rs, j) : -1;
+                int v = parse_value(c, cms, allow, emit, crs);
+                if (v == DECLINE) return DECLINE;
+                in++;
+                j++;
+                if (emit) {
+                    if (v == DROPPED) c->out.len = save;
+                    else kept++;
+                }
+                skip_ws(c);
+                if (c->i >= c->n) return DECLINE;
+                if (c->s[c->i] == ',') { c->i++; continue; }
+                if (c->s[c->i] == ']') { c->i++; break; }
+                return DECLINE;
+            }
+        }
+    }
+    c->depth--;
+    if (emit && buf_byte(&c->out, ch == '{' ? '}' : ']') < 0) return DECLINE;
+    if (emit && allow && descend && in && !kept) return DROPPED; /* an emptied skeleton */
+    return dropped ? DROPPED : OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Program construction                                                 */
+
+static void program_dealloc(Program *self) {
+    if (self->states != NULL) {
+        for (int i = 0; i < self->nstates; i++) {
+            PyMem_Free(self->states[i].ktab);
+            PyMem_Free(self->states[i].idx);
+            PyMem_Free(self->states[i].idx_target);
+        }
+        PyMem_Free(self->states);
+    }
+    PyMem_Free(self->actions);
+    PyMem_Free(self->keybuf);
+    Py_XDECREF(self->refs);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ProgramType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway._fastmask.Program",
+    .tp_basicsize = sizeof(Program),
+    .tp_dealloc = (destructor)program_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A compiled plan (see gateway.rules.native).",
+};
+
+static int as_int(PyObject *o, long *v) {
+    *v = PyLong_AsLong(o);
+    return (*v == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int parse_action(PyObject *t, Action *a, PyObject *refs) {
+    /* (op, first, last, char, inner_state_bytes, outer_state_bytes, hash_len, callable) */
+    memset(a, 0, sizeof *a);
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 8) {
+        PyErr_SetString(PyExc_TypeError, "action: expected an 8-tuple");
+        return -1;
+    }
+    long op, first, last, hl;
+    if (as_int(PyTuple_GET_ITEM(t, 0), &op) || as_int(PyTuple_GET_ITEM(t, 2), &last) ||
+        as_int(PyTuple_GET_ITEM(t, 6), &hl))
+        return -1;
+    if (op == OP_ROUND_INT) {
+        a->step = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1));
+        if (a->step == -1 && PyErr_Occurred()) return -1;
+        if (a->step <= 0) {
+            PyErr_SetString(PyExc_ValueError, "action: round step");
+            return -1;
+        }
+        first = 0;
+    } else if (as_int(PyTuple_GET_ITEM(t, 1), &first)) {
+        return -1;
+    }
+    if (op < OP_REVEAL || op > OP_ADDRESS || hl < 0 || hl > 64 || first > 1000 || last > 1000) {
+        PyErr_SetString(PyExc_ValueError, "action: bad parameters");
+        return -1;
+    }
+    a->op = (int)op;
+    a->first = (int)first;
+    a->last = (int)last;
+    a->hash_len = (int)hl;
+    Py_ssize_t n;
+    const char *ch = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(t, 3), &n);
+    if (ch == NULL) return -1;
+    if (n < 1 || n > 4) {
+        PyErr_SetString(PyExc_ValueError, "action: mask char");
+        return -1;
+    }
+    memcpy(a->mchar, ch, (size_t)n);
+    a->mchar_len = (int)n;
+    if (op == OP_HASH) {
+        for (int w = 0; w < 2; w++) {
+            PyObject *pad = PyTuple_GET_ITEM(t, 4 + w);
+            if (!PyBytes_Check(pad) || PyBytes_GET_SIZE(pad) != 64) {
+                PyErr_SetString(PyExc_ValueError, "action: hash pads must be 64 bytes");
+                return -1;
+            }
+            uint32_t *st = w == 0 ? a->inner : a->outer;
+            memcpy(st, H256, sizeof H256);
+            sha256_block(st, (const unsigned char *)PyBytes_AS_STRING(pad));
+        }
+    }
+    if (op == OP_CALL || op == OP_ROUND_INT) {
+        /* OP_ROUND_INT: `first` is the step; the callable does what it cannot */
+        PyObject *f = PyTuple_GET_ITEM(t, 7);
+        if (!PyCallable_Check(f)) {
+            PyErr_SetString(PyExc_TypeError, "action: not callable");
+            return -1;
+        }
+        if (PyList_Append(refs, f) < 0) return -1;
+        a->call = f;
+    }
+    return 0;
+}
+
+/* compile(states, start, actions, unlisted, allow)
+   states: list of (outcome, live, other, {name_bytes: target}, {index: target}) */
+static PyObject *fm_compile(PyObject *mod, PyObject *args) {
+    PyObject *states, *actions;
+    int start, unlisted, allow;
+    if (!PyArg_ParseTuple(args, "O!iO!ip", &PyList_Type, &states, &start, &PyList_Type,
+                          &actions, &unlisted, &allow))
+        return NULL;
+    Program *p = PyObject_New(Program, &ProgramType);
+    if (p == NULL) return NULL;
+    p->states = NULL;
+    p->actions = NULL;
+    p->keybuf = NULL;
+    p->refs = PyList_New(0);
+    p->nstates = (int)PyList_GET_SIZE(states);
+    p->nactions = (int)PyList_GET_SIZE(actions);
+    p->start = start;
+    p->unlisted = unlisted;
+    p->allow = allow;
+    if (p->refs == NULL) goto fail;
+    if (start < -1 || start >= p->nstates || unlisted < 0 || unlisted > p->nactions) {
+        PyErr_SetString(PyExc_ValueError, "compile: bad start or unlisted");
+        goto fail;
+    }
+    p->actions = PyMem_Calloc((size_t)p->nactions + 1, sizeof(Action));
+    p->states = PyMem_Calloc((size_t)p->nstates + 1, sizeof(State));
+    if (p->actions == NULL || p->states == NULL) { PyErr_NoMemory(); goto fail; }
+    for (int i = 0; i < p->nactions; i++)
+        if (parse_action(PyList_GET_ITEM(actions, i), &p->actions[i], p->refs) < 0) goto fail;
+    /* key storage */
+    Py_ssize_t total = 0;
+    for (int i = 0; i < p->nstates; i++) {
+        PyObject *t = PyList_GET_ITEM(states, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 5 || !PyDict_Check(PyTuple_GET_ITEM(t, 3)) ||
+            !PyDict_Check(PyTuple_GET_ITEM(t, 4))) {
+            PyErr_SetString(PyExc_TypeError, "state: expected (outcome, live, other, keys, idx)");
+            goto fail;
+        }
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(PyTuple_GET_ITEM(t, 3), &pos, &k, &v)) {
+            if (!PyBytes_Check(k)) {
+                PyErr_SetString(PyExc_TypeError, "state: names must be bytes");
+                goto fail;
+            }
+            total += PyBytes_GET_SIZE(k);
+        }
+    }
+    p->keybuf = PyMem_Malloc((size_t)total + 1);
+    if (p->keybuf == NULL) { PyErr_NoMemory(); goto fail; }
+    char *kb = p->keybuf;
+    for (int i = 0; i < p->nstates; i++) {
+        PyObject *t = PyList_GET_ITEM(states, i);
+        State *st = &p->states[i];
+        long outcome, live, other;
+        if (as_int(PyTuple_GET_ITEM(t, 0), &outcome) || as_int(PyTuple_GET_ITEM(t, 1), &live) ||
+            as_int(PyTuple_GET_ITEM(t, 2), &other))
+            goto fail;
+        if (outcome < -1 || outcome >= p->nactions + 1 || other < -1 || other >= p->nstates) {
+            PyErr_SetString(PyExc_ValueError, "state: out of range");
+            goto fail;
+        }
+        st->outcome = (int)outcome;
+        st->live = live != 0;
+        st->other = (int)other;
+        PyObject *keys = PyTuple_GET_ITEM(t, 3), *idx = PyTuple_GET_ITEM(t, 4);
+        Py_ssize_t nk = PyDict_GET_SIZE(keys);
+        if (nk) {
+            uint32_t size = 8;
+            while (size < (uint32_t)nk * 2) size <<= 1;
+            st->ktab = PyMem_Calloc(size, sizeof(KeyEnt));
+            if (st->ktab == NULL) { PyErr_NoMemory(); goto fail; }
+            st->kmask = size - 1;
+            PyObject *k, *v;
+            Py_ssize_t pos = 0;
+            while (PyDict_Next(keys, &pos, &k, &v)) {
+                long target;
+                if (as_int(v, &target)) goto fail;
+                if (target < 0 || target >= p->nstates) {
+                    PyErr_SetString(PyExc_ValueError, "state: target out of range");
+                    goto fail;
+                }
+                Py_ssize_t len = PyBytes_GET_SIZE(k);
+                memcpy(kb, PyBytes_AS_STRING(k), (size_t)len);
+                uint32_t h = fnv(kb, len);
+                uint32_t j = h & st->kmask;
+                while (st->ktab[j].key != NULL) j = (j + 1) & st->kmask;
+                st->ktab[j].key = kb;
+                st->ktab[j].len = len;
+                st->ktab[j].hash = h;
+                st->ktab[j].target = (int)target;
+                kb += len;
+            }
+        }
+        Py_ssize_t ni = PyDict_GET_SIZE(idx);
+        if (ni) {
+            st->idx = PyMem_Malloc(sizeof(int64_t) * (size_t)ni);
+            st->idx_target = PyMem_Malloc(sizeof(int) * (size_t)ni);
+            if (st->idx == NULL || st->idx_target == NULL) { PyErr_NoMemory(); goto fail; }
+            PyObject *k, *v;
+            Py_ssize_t pos = 0;
+            int m = 0;
+            while (PyDict_Next(idx, &pos, &k, &v)) {
+                long long j = PyLong_AsLongLong(k);
+                long target;
+                if ((j == -1 && PyErr_Occurred()) || as_int(v, &target)) goto fail;
+                if (j < 0 || target < 0 || target >= p->nstates) {
+                    PyErr_SetString(PyExc_ValueError, "state: index out of range");
+                    goto fail;
+                }
+                st->idx[m] = j;
+                st->idx_target[m] = (int)target;
+                m++;
+            }
+            st->nidx = m;
+        }
+    }
+    return (PyObject *)p;
+fail:
+    Py_DECREF(p);
+    return NULL;
+}
+
+/* mask(program, records_program | None, id_key bytes | None, body, max_depth, number_type)
+   -> (masked bytes, counts list, records int, ids list) | None */
+static PyObject *fm_mask(PyObject *mod, PyObject *args) {
+    Program *prog;
+    PyObject *rec_o, *idk, *number_type;
+    Py_buffer body;
+    int max_depth;
+    if (!PyArg_ParseTuple(args, "O!OOy*iO", &ProgramType, &prog, &rec_o, &idk, &body,
+                          &max_depth, &number_type))
+        return NULL;
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    c.s = body.buf;
+    c.n = body.len;
+    c.max_depth = max_depth;
+    c.prog = prog;
+    c.number_type = number_type;
+    PyObject *result = NULL;
+    if (rec_o != Py_None) {
+        if (!PyObject_TypeCheck(rec_o, &ProgramType) || !PyBytes_Check(idk)) {
+            PyErr_SetString(PyExc_TypeError, "mask: records program needs an id key");
+            PyBuffer_Release(&body);
+            return NULL;
+        }
+        c.rec = (Program *)rec_o;
+        c.id_key = PyBytes_AS_STRING(idk);
+        c.id_len = PyBytes_GET_SIZE(idk);
+    }
+    c.counts = PyMem_Calloc((size_t)prog->nactions + 1, sizeof(Py_ssize_t));
+    c.ids = PyList_New(0);
+    if (c.counts == NULL || c.ids == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Output is about the size of the input; start there to avoid regrowth. */
+    if (buf_grow(&c.out, c.n + 16) < 0) { PyErr_NoMemory(); goto done; }
+    skip_ws(&c);
+    int rc = DECLINE;
+    if (c.i < c.n && (c.s[c.i] == '{' || c.s[c.i] == '[') && prog->start >= 0 &&
+        prog->states[prog->start].outcome < 0 && prog->states[prog->start].live) {
+        int rs = c.rec != NULL ? c.rec->start : -1;
+        rc = parse_value(&c, prog->start, prog->allow, 1, rs);
+        if (rc != DECLINE) {
+            skip_ws(&c);
+            if (c.i != c.n) rc = DECLINE;
+        }
+    }
+    if (c.error) goto done; /* exception set */
+    if (rc == DECLINE) {
+        if (PyErr_Occurred()) PyErr_Clear();
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    /* the root is never removed: an emptied root skeleton is written as such */
+    PyObject *counts = PyList_New(prog->nactions + 1);
+    if (counts == NULL) goto done;
+    for (int i = 0; i <= prog->nactions; i++) {
+        PyObject *v = PyLong_FromSsize_t(c.counts[i]);
+        if (v == NULL) { Py_DECREF(counts); goto done; }
+        PyList_SET_ITEM(counts, i, v);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(c.out.p, c.out.len);
+    if (out == NULL) { Py_DECREF(counts); goto done; }
+    result = Py_BuildValue("(NNnO)", out, counts, c.nrecords, c.ids);
+done:
+    PyMem_Free(c.out.p);
+    PyMem_Free(c.tmp.p);
+    PyMem_Free(c.counts);
+    Py_XDECREF(c.ids);
+    PyBuffer_Release(&body);
+    return result;
+}
+
+static PyObject *fm_hmac_hex(PyObject *mod, PyObject *args) {
+    /* hmac_hex(inner_pad, outer_pad, msg) -> 64 hex digits: for tests */
+    Py_buffer ip, op, msg;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &ip, &op, &msg)) return NULL;
+    PyObject *r = NULL;
+    if (ip.len == 64 && op.len == 64) {
+        uint32_t si[8], so[8];
+        memcpy(si, H256, sizeof H256);
+        memcpy(so, H256, sizeof H256);
+        sha256_block(si, ip.buf);
+        sha256_block(so, op.buf);
+        unsigned char d1[32], d2[32];
+        sha256_finish(si, 64, msg.buf, (size_t)msg.len, d1);
+        sha256_finish(so, 64, d1, 32, d2);
+        char hex[65];
+        for (int k = 0; k < 32; k++) sprintf(hex + 2 * k, "%02x", d2[k]);
+        r = PyUnicode_FromStringAndSize(hex, 64);
+    } else {
+        PyErr_SetString(PyExc_ValueError, "pads must be 64 bytes");
+    }
+    PyBuffer_Release(&ip);
+    PyBuffer_Release(&op);
+    PyBuffer_Release(&msg);
+    return r;
+}
+
+static int cmp_u64(const void *x, const void *y) {
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+static PyObject *fm_set_surnames(PyObject *mod, PyObject *arg) {
+    /* set_surnames(iterable of two-character str) */
+    PyObject *seq = PySequence_Fast(arg, "set_surnames: expected a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    uint64_t *tab = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n + 1));
+    if (tab == NULL) { Py_DECREF(seq); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(o) || PyUnicode_GET_LENGTH(o) != 2) {
+            PyMem_Free(tab);
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "set_surnames: two characters each");
+            return NULL;
+        }
+        tab[i] = ((uint64_t)PyUnicode_ReadChar(o, 0) << 32) | PyUnicode_ReadChar(o, 1);
+    }
+    Py_DECREF(seq);
+    qsort(tab, (size_t)n, sizeof(uint64_t), cmp_u64);
+    PyMem_Free(surnames);
+    surnames = tab;
+    nsurnames = n;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"set_surnames", fm_set_surnames, METH_O, "set_surnames(two-character strings)"},
+    {"compile", fm_compile, METH_VARARGS, "compile(states, start, actions, unlisted, allow)"},
+    {"mask", fm_mask, METH_VARARGS,
+     "mask(program, records, id_key, body, max_depth, number_type) -> tuple | None"},
+    {"hmac_hex", fm_hmac_hex, METH_VARARGS, "HMAC-SHA256 from key pads (tests)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "gateway._fastmask",
+                                    "One-pass native masking (see gateway.rules.native).", -1,
+                                    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__fastmask(void) {
+    if (PyType_Ready(&ProgramType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (m == NULL) return NULL;
+    Py_INCREF(&ProgramType);
+    if (PyModule_AddObject(m, "Program", (PyObject *)&ProgramType) < 0) {
+        Py_DECREF(&ProgramType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

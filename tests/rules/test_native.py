@@ -1,0 +1,330 @@
+"""The native pass answers exactly as the reference pipeline, or declines.
+
+The reference is ``encode(plan.apply(decode(body)))``: its bytes, field counts
+and records. Whenever :meth:`Plan.mask_bytes` answers, all three must be equal;
+whenever the reference rejects a body, the native pass must decline (None).
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway import _fastmask  # type: ignore[attr-defined]
+from gateway.jsoncodec import JsonError, decode, encode
+from gateway.rules import RuleSet, load_rules, principal_from_claims
+from gateway.rules.bench import _response, customers
+from gateway.rules.native import _pads
+from gateway.rules.plan import Plan
+from gateway.rules.presets import PRESETS
+
+from .conftest import KEY, LEVELS, RuleDir, policy_yaml, ruleset_of
+from .strategies import documents, simple_paths
+
+LEVEL_NAMES = ["public", "internal", "confidential", "secret"]
+SHIPPED = Path(__file__).resolve().parents[2] / "rules"
+
+
+def reference(plan: Plan, body: bytes) -> tuple[bytes, Any, Any] | None:
+    try:
+        result = plan.apply(decode(body))
+    except JsonError:
+        return None
+    return encode(result.document), result.fields, result.records
+
+
+def agree(plan: Plan, body: bytes, *, must_answer: bool = False) -> bytes | None:
+    """Assert the native answer (if any) equals the reference; return the native bytes."""
+    native = plan.mask_bytes(body)
+    ref = reference(plan, body)
+    if ref is None:
+        assert native is None, "the native pass accepted a body the reference rejects"
+        return None
+    if native is None:
+        assert not must_answer, "the native pass declined"
+        return None
+    out, result = native
+    assert out == ref[0]
+    assert result.fields == ref[1]
+    assert result.records == ref[2]
+    return out
+
+
+def plan_of(rs: RuleSet, level: str, policy: str = "p", **claims: Any) -> Plan:
+    return rs.plan(policy, principal_from_claims({"clearance": level, **claims}, LEVEL_NAMES))
+
+
+# -- the shipped rule pack ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shipped() -> RuleSet:
+    return load_rules(SHIPPED, hash_key=KEY)
+
+
+@pytest.mark.parametrize("level", LEVEL_NAMES)
+@pytest.mark.parametrize("department", [None, "risk"])
+def test_shipped_pack_on_demo_customers(shipped: RuleSet, level: str, department: str) -> None:
+    claims = {"department": department} if department else {}
+    plan = plan_of(shipped, level, "customer", **claims)
+    assert plan.native is not None
+    for body in (_response(customers(50)), _response(customers(1, seed=3))[:-1] + b"}"):
+        agree(plan, body, must_answer=True)
+    single = orjson.dumps({"data": _plain_first()})
+    agree(plan, single, must_answer=True)
+
+
+def _plain_first() -> Any:
+    return orjson.loads(_response(customers(1)))["data"][0]
+
+
+def test_records_and_ids_come_from_the_body_as_sent(shipped: RuleSet) -> None:
+    body = orjson.dumps({"data": [{"id": 7}, {"id": "c-8"}, {"id": 7}, {"id": None}, 5]})
+    got = plan_of(shipped, "public", "customer").mask_bytes(body)
+    assert got is not None
+    assert got[1].records.count == 4
+    assert got[1].records.ids == ("7", "c-8")
+
+
+# -- exactness -----------------------------------------------------------------------------
+REDACT_B = policy_yaml('  - {name: b, paths: ["$..b"], level: secret, action: redact}\n')
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 100.10, "n": 12345678901234567890123, "z": -0, "e": 1E+2, "s": "\\u00e9\\/\\n"}',
+        b'{\n  "a" : [ 1 , 2 ] ,\n  "b" : "x"\n}\n',
+        b'[{"b":"\\ud83d\\ude00"},{"b":{"c":1}},{"b":[1]},{"b":null},{"b":true}]',
+        '{"名字":"张三","b":"北京"}'.encode(),
+        b'{"a":"\\u0000\\u001f\\"\\\\"}',
+        b'{"a":1e-400,"b":-12.5e3}',
+    ],
+)
+def test_values_come_through_exactly(rule_dir: RuleDir, body: bytes) -> None:
+    plan = plan_of(ruleset_of(rule_dir({"p.yaml": REDACT_B})), "public")
+    agree(plan, body, must_answer=True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"   ",
+        b"\xef\xbb\xbf{}",
+        b'"top-level scalar"',
+        b"12",
+        b'{"a":1,"a":2}',  # duplicate names: the reference's last-wins rule decides
+        b'{"\\u0061":1,"a":2}',  # an escaped name
+        b'{"a":"\\ud800"}',  # lone surrogate
+        b'{"a":1e400}',  # overflows a double
+        b'{"a":"\xff"}',
+        b'{"a":"\xed\xa0\x80"}',  # an encoded surrogate
+        b'{"a":"\xc0\xaf"}',  # overlong
+        b'{"a":1,}',
+        b'{"a":01}',
+        b'{"a":NaN}',
+        b'{"a":"x"} x',
+        b'{"a":"\t"}',
+        b"[" * 300 + b"]" * 300,
+        b'{"a":[1,2]',
+    ],
+)
+def test_declines_what_it_cannot_answer_for(rule_dir: RuleDir, body: bytes) -> None:
+    plan = plan_of(ruleset_of(rule_dir({"p.yaml": REDACT_B})), "public")
+    assert plan.mask_bytes(body) is None
+    agree(plan, body)
+
+
+def test_declines_plans_that_need_the_evaluator(rule_dir: RuleDir) -> None:
+    fields = (
+        '  - {name: f, paths: ["$..[?@.a]"], level: secret, action: drop}\n'
+        '  - {name: g, paths: ["$.x[-1]"], level: secret, action: drop}\n'
+    )
+    rs = ruleset_of(rule_dir({"p.yaml": policy_yaml(fields)}))
+    plan = plan_of(rs, "public")
+    assert plan.native is None
+    assert plan.mask_bytes(b'{"x":[1]}') is None
+
+
+def test_hash_is_hmac_sha256() -> None:
+    key = b"k" * 70  # longer than a block: hashed first, as RFC 2104 says
+    inner, outer = _pads(key)
+    for msg in (b"", b"a", "张三".encode(), b"x" * 55, b"x" * 56, b"x" * 64, b"y" * 200):
+        assert _fastmask.hmac_hex(inner, outer, msg) == hmac.new(key, msg, sha256).hexdigest()
+
+
+# -- presets, native against the Python functions ----------------------------------------------
+PRESET_TEXTS = [
+    "",
+    "a",
+    "张三",
+    "欧阳娜娜",
+    "欧阳",
+    "司马 相如",
+    "John Smith",
+    "Jean-Luc.Picard",
+    "广东省深圳市南山区科技园路1号",
+    "北京市朝阳区建国路 88 号",
+    "新疆维吾尔自治区乌鲁木齐市天山区",
+    "上海市浦东新区张江镇",
+    "浙江省杭州市西湖区文三路阳光小区3幢",
+    "内蒙古自治区呼伦贝尔市鄂温克族自治旗",
+    "广东省\u3000深圳市",
+    "广东省深圳市٣区",
+    "110101199003071234",
+    "11010119900307123",
+    "110101900307123",
+    "6222 0212 3456 7890 123",
+    "+86 138 1234 5678",
+    "0086-13812345678",
+    "+8613812345678",
+    "z.s@example.com",
+    "a@b@c",
+    "no-at-sign",
+    "𠀀𠀁𠀂",
+]
+
+PRESET_POLICY = "".join(
+    f'  - {{name: {name}, paths: ["$.{name}"], level: secret, action: {{mask: {name}}}}}\n'
+    for name in PRESETS
+) + (
+    '  - {name: ends, paths: ["$.ends"], level: secret, action: {mask: {keep_first: 2, keep_last: 1, char: "#"}}}\n'  # noqa: E501
+    '  - {name: step, paths: ["$.step"], level: secret, action: {round: {step: 100}}}\n'
+    '  - {name: hashed, paths: ["$.hashed"], level: secret, action: {hash: {length: 20}}}\n'
+)
+FIELD_NAMES = [*PRESETS, "ends", "step", "hashed"]
+
+
+@pytest.fixture(scope="module")
+def preset_plan(tmp_path_factory: Any) -> Plan:
+    d = tmp_path_factory.mktemp("rules")
+    (d / "levels.yaml").write_text(LEVELS, encoding="utf-8")
+    (d / "p.yaml").write_text(policy_yaml(PRESET_POLICY), encoding="utf-8")
+    return plan_of(load_rules(d, hash_key=KEY), "public")
+
+
+@pytest.mark.parametrize("text", PRESET_TEXTS)
+def test_presets_match_the_reference(preset_plan: Plan, text: str) -> None:
+    body = orjson.dumps({name: text for name in FIELD_NAMES})
+    agree(preset_plan, body, must_answer=True)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 7, -7, 12345, -12345, 2**62, -(2**63), 2**63 - 1, 2**64, True, False, None, [1], {}],
+)
+def test_every_json_type_under_every_action(preset_plan: Plan, value: Any) -> None:
+    body = encode({name: value for name in FIELD_NAMES})
+    agree(preset_plan, body, must_answer=True)
+
+
+@pytest.mark.parametrize("text", ["1234.56", "0.5", "-12.5", "99999999999999999999.1", "1e5"])
+def test_round_step_on_decimals(preset_plan: Plan, text: str) -> None:
+    agree(preset_plan, b'{"step":' + text.encode() + b"}", must_answer=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=12))
+def test_presets_on_any_text(preset_plan: Plan, text: str) -> None:
+    body = orjson.dumps({name: text for name in FIELD_NAMES})
+    agree(preset_plan, body, must_answer=True)
+
+
+# -- random policies, documents and damage ----------------------------------------------------
+ACTIONS = [
+    "drop",
+    "redact",
+    "keep",
+    "hash",
+    "{mask: cn_phone}",
+    "{mask: address}",
+    "{mask: cn_name}",
+    "{round: {step: 10}}",
+    "{round: 1}",
+    "{internal: {mask: {keep_first: 1}}, confidential: hash}",
+]
+
+
+@st.composite
+def native_policies(draw: st.DrawFn) -> str:
+    n = draw(st.integers(1, 4))
+    seen: set[str] = set()
+    lines = [f"policy: p\nunlisted: {draw(st.sampled_from(['keep', 'drop']))}\nfields:\n"]
+    for i in range(n):
+        paths = [p for p in dict.fromkeys(draw(st.lists(simple_paths, min_size=1, max_size=2)))]
+        paths = [p for p in paths if p not in seen]
+        if not paths:
+            continue
+        seen.update(paths)
+        level = draw(st.sampled_from(["public", "internal", "confidential", "secret", "never"]))
+        action = draw(st.sampled_from(ACTIONS))
+        if level != "never" and action.startswith("{internal"):
+            level = "secret"
+        quoted = ", ".join(f'"{p}"' for p in paths)
+        lines.append(f"  - {{name: r{i}, paths: [{quoted}], level: {level}, action: {action}}}\n")
+    records = draw(st.sampled_from(["", "$.data[*]", "$.*", "$[*].a", "$.data"]))
+    if records:
+        lines.append(f'records: {{path: "{records}", id: a}}\n')
+    return "".join(lines)
+
+
+def _ruleset(tmp_path_factory: Any, policy: str) -> RuleSet:
+    d: Path = tmp_path_factory.mktemp("rules")
+    (d / "levels.yaml").write_text(LEVELS, encoding="utf-8")
+    (d / "p.yaml").write_text(policy, encoding="utf-8")
+    return load_rules(d, hash_key=KEY)
+
+
+def _body(doc: Any, pretty: bool) -> bytes:
+    return encode(doc) if not pretty else orjson.dumps(orjson.loads(encode(doc)), option=2)
+
+
+_SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@_SETTINGS
+@given(
+    policy=native_policies(),
+    doc=documents(),
+    level=st.sampled_from(LEVEL_NAMES),
+    pretty=st.booleans(),
+)
+def test_random_policies_and_documents(
+    tmp_path_factory: Any, policy: str, doc: Any, level: str, pretty: bool
+) -> None:
+    plan = plan_of(_ruleset(tmp_path_factory, policy), level)
+    try:
+        body = _body(doc, pretty)
+    except orjson.JSONDecodeError:  # wide ints cannot be pretty-printed by orjson
+        body = encode(doc)
+    native = agree(plan, body)
+    if plan.native is not None and isinstance(doc, dict | list):
+        assert native is not None  # a plain document is always answered
+
+
+@_SETTINGS
+@given(
+    policy=native_policies(),
+    doc=documents(),
+    level=st.sampled_from(LEVEL_NAMES),
+    seed=st.integers(0, 2**32),
+)
+def test_random_damage(tmp_path_factory: Any, policy: str, doc: Any, level: str, seed: int) -> None:
+    plan = plan_of(_ruleset(tmp_path_factory, policy), level)
+    body = bytearray(encode(doc))
+    rng = random.Random(seed)
+    for _ in range(rng.randint(1, 3)):
+        where = rng.randrange(len(body) + 1)
+        what = rng.choice([b"", b'"', b"\\", b",", b"}", b"]", b"\xff", b"\xe4\xb8", b"-0", b"e9"])
+        cut = rng.randint(0, 2)
+        body[where : where + cut] = what
+    agree(plan, bytes(body))
