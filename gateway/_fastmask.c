@@ -177,6 +177,59 @@ static void sha256_block(uint32_t st[8], const unsigned char *p) {
     st[4] += e; st[5] += f; st[6] += g; st[7] += h;
 }
 
+/* SHA-256 with the x86 SHA extensions, where the CPU has them (checked at
+   import); the portable function above otherwise. Same digests: the tests
+   compare both with hashlib. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHA_NI_CODE 1
+
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_block_ni(uint32_t st[8],
+                                                                        const unsigned char *p) {
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_loadu_si128((const __m128i *)&st[0]);
+    __m128i s1 = _mm_loadu_si128((const __m128i *)&st[4]);
+    tmp = _mm_shuffle_epi32(tmp, 0xB1);        /* CDAB */
+    s1 = _mm_shuffle_epi32(s1, 0x1B);          /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);  /* ABEF */
+    s1 = _mm_blend_epi16(s1, tmp, 0xF0);       /* CDGH */
+    const __m128i abef = s0, cdgh = s1;
+    __m128i w[16];
+    for (int g = 0; g < 4; g++)
+        w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * g)), mask);
+    for (int g = 4; g < 16; g++)
+        w[g] = _mm_sha256msg2_epu32(
+            _mm_add_epi32(_mm_sha256msg1_epu32(w[g - 4], w[g - 3]),
+                          _mm_alignr_epi8(w[g - 1], w[g - 2], 4)),
+            w[g - 1]);
+    for (int g = 0; g < 16; g++) {
+        __m128i m = _mm_add_epi32(w[g], _mm_loadu_si128((const __m128i *)&K256[4 * g]));
+        s1 = _mm_sha256rnds2_epu32(s1, s0, m);
+        m = _mm_shuffle_epi32(m, 0x0E);
+        s0 = _mm_sha256rnds2_epu32(s0, s1, m);
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+    tmp = _mm_shuffle_epi32(s0, 0x1B);        /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);         /* DCHG */
+    s0 = _mm_blend_epi16(tmp, s1, 0xF0);      /* DCBA */
+    s1 = _mm_alignr_epi8(s1, tmp, 8);         /* HGFE */
+    _mm_storeu_si128((__m128i *)&st[0], s0);
+    _mm_storeu_si128((__m128i *)&st[4], s1);
+}
+
+static int cpu_has_sha_ni(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!(c & (1u << 19)) || !(c & (1u << 9))) return 0; /* SSE4.1, SSSE3 */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & (1u << 29)) != 0; /* SHA */
+}
+#endif
+
+static void (*sha256_compress)(uint32_t st[8], const unsigned char *p) = sha256_block;
+
 /* Continue from `init` (which has absorbed `done` bytes, a multiple of 64)
    with msg; write the 32-byte digest. */
 static void sha256_finish(const uint32_t init[8], uint64_t done, const unsigned char *msg,
@@ -184,7 +237,7 @@ static void sha256_finish(const uint32_t init[8], uint64_t done, const unsigned 
     uint32_t st[8];
     memcpy(st, init, sizeof st);
     size_t i = 0;
-    for (; i + 64 <= n; i += 64) sha256_block(st, msg + i);
+    for (; i + 64 <= n; i += 64) sha256_compress(st, msg + i);
     unsigned char tail[128];
     size_t r = n - i;
     memcpy(tail, msg + i, r);
@@ -193,8 +246,8 @@ static void sha256_finish(const uint32_t init[8], uint64_t done, const unsigned 
     memset(tail + r + 1, 0, total - r - 1);
     uint64_t bits = (done + (uint64_t)n) * 8;
     for (int k = 0; k < 8; k++) tail[total - 1 - k] = (unsigned char)(bits >> (8 * k));
-    sha256_block(st, tail);
-    if (total == 128) sha256_block(st, tail + 64);
+    sha256_compress(st, tail);
+    if (total == 128) sha256_compress(st, tail + 64);
     for (int k = 0; k < 8; k++) {
         out[4 * k] = (unsigned char)(st[k] >> 24);
         out[4 * k + 1] = (unsigned char)(st[k] >> 16);
@@ -209,14 +262,23 @@ static void sha256_finish(const uint32_t init[8], uint64_t done, const unsigned 
 typedef struct {
     char *p;
     Py_ssize_t len, cap;
+    PyObject *obj; /* when set, p is this bytes object's storage (the result, no copy) */
 } Buf;
 
 static int buf_grow(Buf *b, Py_ssize_t need) {
     Py_ssize_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len < need) cap *= 2;
-    char *p = PyMem_Realloc(b->p, (size_t)cap);
-    if (p == NULL) return -1;
-    b->p = p;
+    while (cap - b->len < need) cap += cap / 2 + 64;
+    if (b->obj != NULL) {
+        if (_PyBytes_Resize(&b->obj, cap) < 0) { /* frees the object */
+            b->p = NULL;
+            return -1;
+        }
+        b->p = PyBytes_AS_STRING(b->obj);
+    } else {
+        char *p = PyMem_Realloc(b->p, (size_t)cap);
+        if (p == NULL) return -1;
+        b->p = p;
+    }
     b->cap = cap;
     return 0;
 }
@@ -314,6 +376,19 @@ static int scan_string(Ctx *c, int *esc) {
     Py_ssize_t i = c->i + 1, n = c->n;
     int e = 0;
     for (;;) {
+        /* eight plain ASCII bytes at a time: none >= 0x80, < 0x20, '"' or '\\' */
+        while (i + 8 <= n) {
+            uint64_t w, q, b;
+            memcpy(&w, s + i, 8);
+            q = w ^ 0x2222222222222222ULL;
+            b = w ^ 0x5C5C5C5C5C5C5C5CULL;
+            uint64_t hit = (w | ((w - 0x2020202020202020ULL) & ~w) |
+                            ((q - 0x0101010101010101ULL) & ~q) |
+                            ((b - 0x0101010101010101ULL) & ~b)) &
+                           0x8080808080808080ULL;
+            if (hit) break;
+            i += 8;
+        }
         while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
         if (i >= n) return DECLINE;
         unsigned char ch = s[i];
@@ -1069,6 +1144,7 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
         KeyRef small[32];
         KeyRef *keys = small;
         int nkeys = 0, cap = 32;
+        uint64_t seen = 0;
         int rc = OK;
         if (c->i < c->n && c->s[c->i] == '}') {
             c->i++;
@@ -1080,7 +1156,13 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
                 Py_ssize_t ka = c->i;
                 if (scan_string(c, &esc) < 0 || esc) { rc = DECLINE; break; }
                 Py_ssize_t kend = c->i, koff = ka + 1, klen = c->i - ka - 2;
-                if (check_duplicate(c, keys, nkeys, koff, klen)) { rc = DECLINE; break; }
+                /* duplicate names: a 64-bit filter first, the exact check on a hit */
+                uint64_t bit = 1ULL << ((klen * 31 + (klen ? c->s[koff] * 7 + c->s[koff + klen - 1] : 0)) & 63);
+                if ((seen & bit) && check_duplicate(c, keys, nkeys, koff, klen)) {
+                    rc = DECLINE;
+                    break;
+                }
+                seen |= bit;
                 if (nkeys == cap) {
                     KeyRef *nk = PyMem_Malloc(sizeof(KeyRef) * (size_t)cap * 2);
                     if (nk == NULL) { rc = DECLINE; break; }
@@ -1417,8 +1499,12 @@ static PyObject *fm_mask(PyObject *mod, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    /* Output is about the size of the input; start there to avoid regrowth. */
-    if (buf_grow(&c.out, c.n + 16) < 0) { PyErr_NoMemory(); goto done; }
+    /* The output is a bytes object written in place (no final copy), about the
+       size of the input: start there, so a large body is not regrown. */
+    c.out.obj = PyBytes_FromStringAndSize(NULL, c.n + 16);
+    if (c.out.obj == NULL) goto done;
+    c.out.p = PyBytes_AS_STRING(c.out.obj);
+    c.out.cap = c.n + 16;
     skip_ws(&c);
     int rc = DECLINE;
     if (c.i < c.n && (c.s[c.i] == '{' || c.s[c.i] == '[') && prog->start >= 0 &&
@@ -1445,11 +1531,10 @@ static PyObject *fm_mask(PyObject *mod, PyObject *args) {
         if (v == NULL) { Py_DECREF(counts); goto done; }
         PyList_SET_ITEM(counts, i, v);
     }
-    PyObject *out = PyBytes_FromStringAndSize(c.out.p, c.out.len);
-    if (out == NULL) { Py_DECREF(counts); goto done; }
-    result = Py_BuildValue("(NNnO)", out, counts, c.nrecords, c.ids);
+    if (_PyBytes_Resize(&c.out.obj, c.out.len) < 0) { Py_DECREF(counts); goto done; }
+    result = Py_BuildValue("(ONnO)", c.out.obj, counts, c.nrecords, c.ids); /* N: steals */
 done:
-    PyMem_Free(c.out.p);
+    Py_XDECREF(c.out.obj);
     PyMem_Free(c.tmp.p);
     PyMem_Free(c.counts);
     Py_XDECREF(c.ids);
@@ -1460,7 +1545,10 @@ done:
 static PyObject *fm_hmac_hex(PyObject *mod, PyObject *args) {
     /* hmac_hex(inner_pad, outer_pad, msg) -> 64 hex digits: for tests */
     Py_buffer ip, op, msg;
-    if (!PyArg_ParseTuple(args, "y*y*y*", &ip, &op, &msg)) return NULL;
+    int portable = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*|p", &ip, &op, &msg, &portable)) return NULL;
+    void (*saved)(uint32_t *, const unsigned char *) = sha256_compress;
+    if (portable) sha256_compress = sha256_block;
     PyObject *r = NULL;
     if (ip.len == 64 && op.len == 64) {
         uint32_t si[8], so[8];
@@ -1474,6 +1562,7 @@ static PyObject *fm_hmac_hex(PyObject *mod, PyObject *args) {
         char hex[65];
         for (int k = 0; k < 32; k++) sprintf(hex + 2 * k, "%02x", d2[k]);
         r = PyUnicode_FromStringAndSize(hex, 64);
+        sha256_compress = saved;
     } else {
         PyErr_SetString(PyExc_ValueError, "pads must be 64 bytes");
     }
@@ -1529,6 +1618,14 @@ PyMODINIT_FUNC PyInit__fastmask(void) {
     if (PyType_Ready(&ProgramType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL) return NULL;
+#ifdef HAVE_SHA_NI_CODE
+    if (cpu_has_sha_ni()) sha256_compress = sha256_block_ni;
+#endif
+    if (PyModule_AddStringConstant(m, "SHA256", sha256_compress == sha256_block ? "portable"
+                                                                               : "sha-ni") < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&ProgramType);
     if (PyModule_AddObject(m, "Program", (PyObject *)&ProgramType) < 0) {
         Py_DECREF(&ProgramType);
