@@ -1472,9 +1472,18 @@ static PyObject *fm_mask(PyObject *mod, PyObject *args) {
     PyObject *rec_o, *idk, *number_type;
     Py_buffer body;
     int max_depth;
-    if (!PyArg_ParseTuple(args, "O!OOy*iO", &ProgramType, &prog, &rec_o, &idk, &body,
-                          &max_depth, &number_type))
+    /* element mode (ms given): one value starting in mask state ms (-1: none),
+       records state rs, allow-list flag; any JSON value; says whether it goes */
+    int ms = -2, rs0 = -1, allow = 0;
+    if (!PyArg_ParseTuple(args, "O!OOy*iO|iii", &ProgramType, &prog, &rec_o, &idk, &body,
+                          &max_depth, &number_type, &ms, &rs0, &allow))
         return NULL;
+    int element = ms != -2;
+    if (element && (ms < -1 || ms >= prog->nstates)) {
+        PyErr_SetString(PyExc_ValueError, "mask: state out of range");
+        PyBuffer_Release(&body);
+        return NULL;
+    }
     Ctx c;
     memset(&c, 0, sizeof c);
     c.s = body.buf;
@@ -1492,6 +1501,11 @@ static PyObject *fm_mask(PyObject *mod, PyObject *args) {
         c.rec = (Program *)rec_o;
         c.id_key = PyBytes_AS_STRING(idk);
         c.id_len = PyBytes_GET_SIZE(idk);
+        if (rs0 < -1 || rs0 >= c.rec->nstates) {
+            PyErr_SetString(PyExc_ValueError, "mask: records state out of range");
+            PyBuffer_Release(&body);
+            return NULL;
+        }
     }
     c.counts = PyMem_Calloc((size_t)prog->nactions + 1, sizeof(Py_ssize_t));
     c.ids = PyList_New(0);
@@ -1507,8 +1521,15 @@ static PyObject *fm_mask(PyObject *mod, PyObject *args) {
     c.out.cap = c.n + 16;
     skip_ws(&c);
     int rc = DECLINE;
-    if (c.i < c.n && (c.s[c.i] == '{' || c.s[c.i] == '[') && prog->start >= 0 &&
-        prog->states[prog->start].outcome < 0 && prog->states[prog->start].live) {
+    if (element) {
+        rc = parse_value(&c, ms, allow, 1, c.rec != NULL ? rs0 : -1);
+        if (rc != DECLINE) {
+            skip_ws(&c);
+            if (c.i != c.n) rc = DECLINE;
+        }
+        if (rc == DROPPED) c.out.len = 0;
+    } else if (c.i < c.n && (c.s[c.i] == '{' || c.s[c.i] == '[') && prog->start >= 0 &&
+               prog->states[prog->start].outcome < 0 && prog->states[prog->start].live) {
         int rs = c.rec != NULL ? c.rec->start : -1;
         rc = parse_value(&c, prog->start, prog->allow, 1, rs);
         if (rc != DECLINE) {
@@ -1532,7 +1553,11 @@ static PyObject *fm_mask(PyObject *mod, PyObject *args) {
         PyList_SET_ITEM(counts, i, v);
     }
     if (_PyBytes_Resize(&c.out.obj, c.out.len) < 0) { Py_DECREF(counts); goto done; }
-    result = Py_BuildValue("(ONnO)", c.out.obj, counts, c.nrecords, c.ids); /* N: steals */
+    if (element)
+        result = Py_BuildValue("(ONnOO)", c.out.obj, counts, c.nrecords, c.ids,
+                               rc == DROPPED ? Py_True : Py_False);
+    else
+        result = Py_BuildValue("(ONnO)", c.out.obj, counts, c.nrecords, c.ids); /* N: steals */
 done:
     Py_XDECREF(c.out.obj);
     PyMem_Free(c.tmp.p);
@@ -1540,6 +1565,89 @@ done:
     Py_XDECREF(c.ids);
     PyBuffer_Release(&body);
     return result;
+}
+
+/* step(program, state, name bytes | index) -> state (-1: none) */
+static PyObject *fm_step(PyObject *mod, PyObject *args) {
+    Program *p;
+    int st;
+    PyObject *key;
+    if (!PyArg_ParseTuple(args, "O!iO", &ProgramType, &p, &st, &key)) return NULL;
+    if (st < -1 || st >= p->nstates) {
+        PyErr_SetString(PyExc_ValueError, "step: state out of range");
+        return NULL;
+    }
+    if (st < 0) return PyLong_FromLong(-1);
+    if (PyBytes_Check(key))
+        return PyLong_FromLong(lookup_key(&p->states[st], PyBytes_AS_STRING(key),
+                                          PyBytes_GET_SIZE(key)));
+    long long j = PyLong_AsLongLong(key);
+    if (j == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(lookup_idx(&p->states[st], j));
+}
+
+/* state_info(program, state) -> (outcome action index or -1, live, start) */
+static PyObject *fm_state_info(PyObject *mod, PyObject *args) {
+    Program *p;
+    int st;
+    if (!PyArg_ParseTuple(args, "O!i", &ProgramType, &p, &st)) return NULL;
+    if (st < -1 || st >= p->nstates) {
+        PyErr_SetString(PyExc_ValueError, "state_info: state out of range");
+        return NULL;
+    }
+    if (st < 0) return Py_BuildValue("(iii)", -1, 0, p->start);
+    return Py_BuildValue("(iii)", p->states[st].outcome, p->states[st].live, p->start);
+}
+
+/* value_end(buffer, pos, final) -> end of the JSON value starting at pos
+   (after whitespace), -1 when the buffer ends first (more is needed), -2 when
+   it is malformed on its face. Brackets and strings only: the value itself is
+   validated when it is masked. */
+static PyObject *fm_value_end(PyObject *mod, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t pos;
+    int final;
+    if (!PyArg_ParseTuple(args, "y*np", &b, &pos, &final)) return NULL;
+    const unsigned char *s = b.buf;
+    Py_ssize_t n = b.len, i = pos, r = -1;
+    if (i < 0) i = n;
+    while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
+    if (i >= n) goto out;
+    if (s[i] == '{' || s[i] == '[' || s[i] == '"') {
+        Py_ssize_t depth = 0;
+        for (;;) {
+            if (i >= n) goto out;
+            unsigned char ch = s[i];
+            if (ch == '"') {
+                i++;
+                for (;;) {
+                    const unsigned char *q = memchr(s + i, '"', (size_t)(n - i));
+                    if (q == NULL) goto out;
+                    Py_ssize_t k = q - s, bs = 0;
+                    while (k - 1 - bs >= i && s[k - 1 - bs] == '\\') bs++;
+                    i = k + 1;
+                    if (bs % 2 == 0) break;
+                }
+                if (depth == 0) { r = i; goto out; }
+                continue;
+            }
+            if (ch == '{' || ch == '[') {
+                if (++depth > 100000) { r = -2; goto out; }
+            } else if (ch == '}' || ch == ']') {
+                if (--depth < 0) { r = -2; goto out; }
+                if (depth == 0) { r = i + 1; goto out; }
+            }
+            i++;
+        }
+    }
+    while (i < n && ((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'z') ||
+                     s[i] == '-' || s[i] == '+' || s[i] == '.' || s[i] == 'E'))
+        i++;
+    if (i == pos || (i < n && s[i] > ' ' && s[i] != ',' && s[i] != ']' && s[i] != '}')) r = -2;
+    else if (i < n || final) r = i;
+out:
+    PyBuffer_Release(&b);
+    return PyLong_FromSsize_t(r);
 }
 
 static PyObject *fm_hmac_hex(PyObject *mod, PyObject *args) {
@@ -1607,6 +1715,9 @@ static PyMethodDef methods[] = {
     {"compile", fm_compile, METH_VARARGS, "compile(states, start, actions, unlisted, allow)"},
     {"mask", fm_mask, METH_VARARGS,
      "mask(program, records, id_key, body, max_depth, number_type) -> tuple | None"},
+    {"step", fm_step, METH_VARARGS, "step(program, state, name | index) -> state"},
+    {"state_info", fm_state_info, METH_VARARGS, "state_info(program, state) -> (outcome, live, start)"},
+    {"value_end", fm_value_end, METH_VARARGS, "value_end(buffer, pos, final) -> end | -1 | -2"},
     {"hmac_hex", fm_hmac_hex, METH_VARARGS, "HMAC-SHA256 from key pads (tests)"},
     {NULL, NULL, 0, NULL}};
 

@@ -24,6 +24,11 @@ Rules (each one has a test in ``tests/test_bodyfilter.py``):
 7. Empty bodies (204, 304, HEAD-only upstream answers) carry nothing to mask
    and pass with their status.
 
+8. A large body (over ``limits.stream_after``) whose records are an array under
+   the root is masked record by record instead, in bounded memory, with the
+   same bytes and the same fail-closed rules (``gateway.streaming``); a failure
+   after the first byte aborts the connection mid-body.
+
 Failures are counted by ``reason`` (a metric label) and never quote the body.
 """
 
@@ -40,6 +45,7 @@ from gateway.headers import client_response_headers
 from gateway.jsoncodec import JsonError
 from gateway.limiting import account
 from gateway.problem import problem
+from gateway.streaming import NotStreamable, RecordStream, StreamError
 
 log = logging.getLogger("gateway.bodyfilter")
 
@@ -85,11 +91,12 @@ def is_json(kind: str, params: dict[str, str]) -> bool:
     return params.get("charset", "utf-8") in ("utf-8", "utf8")
 
 
-async def read_capped(upstream: aiohttp.ClientResponse, cap: int) -> bytes:
+async def read_capped(upstream: aiohttp.ClientResponse, cap: int, head: bytes = b"") -> bytes:
+    """The whole body (``head``: what was read of it already), or FailClosed."""
     if upstream.content_length is not None and upstream.content_length > cap:
         raise FailClosed("too_large")
-    chunks: list[bytes] = []
-    size = 0
+    chunks: list[bytes] = [head]
+    size = len(head)
     try:
         async for chunk in upstream.content.iter_any():
             size += len(chunk)
@@ -109,13 +116,63 @@ def _fail(ex: Exchange, reason: str, status: int = 502) -> web.Response:
     return problem(status, ex.request_id, _GENERIC)
 
 
+async def read_head(upstream: aiohttp.ClientResponse, size: int) -> tuple[bytes, bool]:
+    """At least ``size`` bytes of the body (or all of it); True when that is all of it."""
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        while got <= size:
+            chunk = await upstream.content.readany()
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            got += len(chunk)
+    except aiohttp.ClientPayloadError:
+        raise FailClosed("truncated") from None
+    except TimeoutError:
+        raise FailClosed("upstream_body_timeout") from None
+    return b"".join(chunks), False
+
+
+def _streamer(ex: Exchange, upstream: aiohttp.ClientResponse) -> RecordStream | None:
+    """A record stream when this response may be masked record by record (module docs)."""
+    assert ex.route is not None and ex.route.policy is not None
+    limits = ex.runtime.config.limits
+    rules = ex.runtime.rules
+    if not limits.stream_after or rules is None or not 200 <= upstream.status < 300:
+        return None
+    if upstream.headers.getall("Content-Encoding", []) or (
+        upstream.content_length is not None and upstream.content_length <= limits.stream_after
+    ):
+        return None
+    if not is_json(*media_type(upstream.headers.get("Content-Type"))):
+        return None
+    plan = rules.plan(ex.route.policy, ex.principal)
+    spec = ex.route.rules.records or plan.records
+    if spec is None:
+        return None
+    try:
+        return RecordStream(plan, spec, max_value=limits.max_response_body)
+    except NotStreamable:
+        return None
+
+
 async def filter_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     assert ex.route is not None
     limits = ex.runtime.config.limits
     if upstream.status == 206:
         return _fail(ex, "partial_content")
     try:
-        raw = await read_capped(upstream, limits.max_response_body)
+        stream = _streamer(ex, upstream)
+        if stream is None:
+            raw = await read_capped(upstream, limits.max_response_body)
+        else:
+            raw, complete = await read_head(upstream, limits.stream_after)
+            if not complete:
+                try:
+                    return await _stream(ex, upstream, stream, raw)
+                except NotStreamable:  # not the shape the records path says: buffer it
+                    raw = await read_capped(upstream, limits.max_response_body, raw)
         kind, params = media_type(upstream.headers.get("Content-Type"))
         if raw and kind in ex.route.config.pass_through:
             return _respond(ex, upstream, raw, keep_encoding=True)
@@ -143,6 +200,89 @@ async def filter_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web
     if refusal is not None:
         return refusal
     return _respond(ex, upstream, masked)
+
+
+class _Abort(Exception):
+    """Stop a stream whose headers are sent: aiohttp then drops the connection
+    mid-body, so the caller never gets a complete response (see gateway.stages.guard)."""
+
+
+async def _stream(
+    ex: Exchange, upstream: aiohttp.ClientResponse, stream: RecordStream, head: bytes
+) -> web.StreamResponse:
+    """Mask record by record (gateway.streaming); account each part before sending it."""
+    resp: web.StreamResponse | None = None
+    records, entities = 0, []
+    head_only = ex.request.method == "HEAD"
+
+    async def emit(data: bytes) -> web.Response | None:
+        nonlocal resp, records
+        n, ids = stream.take_records()
+        if n or ids:
+            ex.records, ex.entities = n, ids
+            refusal = await account(ex)
+            if refusal is not None:
+                if resp is None:
+                    return refusal  # nothing sent yet: the usual 429
+                raise _Abort  # account() recorded the refusal (rate_limited)
+            records += n
+            entities.extend(ids)
+        if data and resp is None:
+            resp = _stream_response(ex, upstream)
+            await resp.prepare(ex.request)
+        if data and resp is not None and not head_only:
+            await resp.write(data)
+        return None
+
+    def stop(reason: str) -> web.StreamResponse:
+        if resp is None:
+            return _fail(ex, reason)
+        ex.deny("fail_closed", reason)
+        log.warning("route %s: stream aborted (%s)", ex.route.name if ex.route else "-", reason)
+        raise _Abort(reason)
+
+    try:
+        refusal = await emit(stream.feed(head))
+        if refusal is not None:
+            return refusal
+        async for chunk in upstream.content.iter_any():
+            refusal = await emit(stream.feed(chunk))
+            if refusal is not None:
+                return refusal
+        refusal = await emit(stream.finish())
+        if refusal is not None:
+            return refusal
+    except StreamError as exc:
+        return stop(exc.reason)
+    except aiohttp.ClientPayloadError:
+        return stop("truncated")
+    except TimeoutError:
+        return stop("upstream_body_timeout")
+    finally:
+        ex.records, ex.entities = records, entities
+        ex.fields = stream.result().fields
+    if resp is None:
+        resp = _stream_response(ex, upstream)
+        await resp.prepare(ex.request)
+    await resp.write_eof()
+    return resp
+
+
+def _stream_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    assert ex.route is not None
+    headers = client_response_headers(
+        upstream.headers,
+        upstream_url=ex.route.upstream.url,
+        gateway_origin=ex.gateway_origin(),
+        drop=list(_DROPPED_RESPONSE_HEADERS),
+    )
+    headers["Cache-Control"] = "no-store"
+    # Sent before the body is done, so the request id and quota headers go in now.
+    headers[ex.runtime.config.request_id_header] = ex.request_id
+    headers.update(ex.response_headers)
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    resp.enable_chunked_encoding()
+    return resp
 
 
 def _respond(

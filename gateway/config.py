@@ -193,8 +193,13 @@ class LimitsConfig(_Model):
     """Protection against slow or hostile clients and oversized bodies."""
 
     max_request_body: Size = 10 * 1024**2
-    # Policy routes buffer the upstream body to mask it; larger bodies get 502.
+    # Policy routes buffer the upstream body to mask it; larger bodies get 502. Where a
+    # response streams (below), this caps one record or envelope member instead.
     max_response_body: Size = 32 * 1024**2
+    # A policy route whose records are an array under the root (records.path `$.K[*]`
+    # or `$[*]`) masks a body larger than this record by record, in bounded memory
+    # (gateway/streaming.py). 0: never stream.
+    stream_after: Size = 8 * 1024**2
     max_header_size: Size = 8190  # per header line, as aiohttp counts it
     max_headers: int = Field(default=100, ge=1)
     # A request head must be complete this long after its first byte.
