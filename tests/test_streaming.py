@@ -155,8 +155,9 @@ async def env(upstream_factory: UpstreamFactory, tmp_path: Path) -> Any:
         "\n".join(lines).replace("quotas:", "quotas: []") + "\n", "utf-8"
     )
     limited = [
-        line if "bulk-read" not in line else "  - {name: bulk-read, per: client_ip, window: 1h, "
-        "max_records: 1000}"
+        line
+        if "bulk-read" not in line
+        else "  - {name: bulk-read, per: client_ip, window: 1h, max_records: 1000}"
         for line in customer.splitlines()
     ]
     (rules / "limited.yaml").write_text(
@@ -193,7 +194,13 @@ async def env(upstream_factory: UpstreamFactory, tmp_path: Path) -> Any:
                     "auth": "none",
                     "policy": "limited",
                 },
-                {"name": "c", "path": "/**", "upstream": "app", "auth": "none", "policy": "customer"},
+                {
+                    "name": "c",
+                    "path": "/**",
+                    "upstream": "app",
+                    "auth": "none",
+                    "policy": "customer",
+                },
             ],
             "rules": str(rules),
             "limits": {"max_response_body": 16 * 1024, "stream_after": 4 * 1024},
