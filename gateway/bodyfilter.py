@@ -116,22 +116,25 @@ def _fail(ex: Exchange, reason: str, status: int = 502) -> web.Response:
     return problem(status, ex.request_id, _GENERIC)
 
 
-async def read_head(upstream: aiohttp.ClientResponse, size: int) -> tuple[bytes, bool]:
-    """At least ``size`` bytes of the body (or all of it); True when that is all of it."""
+async def read_head(upstream: aiohttp.ClientResponse, size: int) -> tuple[list[bytes], bool]:
+    """More than ``size`` bytes of the body as read (or all of it); True when that is all.
+
+    Kept as the chunks read, so a body that goes on to stream is never held twice.
+    """
     chunks: list[bytes] = []
     got = 0
     try:
         while got <= size:
             chunk = await upstream.content.readany()
             if not chunk:
-                return b"".join(chunks), True
+                return chunks, True
             chunks.append(chunk)
             got += len(chunk)
     except aiohttp.ClientPayloadError:
         raise FailClosed("truncated") from None
     except TimeoutError:
         raise FailClosed("upstream_body_timeout") from None
-    return b"".join(chunks), False
+    return chunks, False
 
 
 def _streamer(ex: Exchange, upstream: aiohttp.ClientResponse) -> RecordStream | None:
@@ -167,12 +170,15 @@ async def filter_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web
         if stream is None:
             raw = await read_capped(upstream, limits.max_response_body)
         else:
-            raw, complete = await read_head(upstream, limits.stream_after)
+            head, complete = await read_head(upstream, limits.stream_after)
+            raw = b""
             if not complete:
                 try:
-                    return await _stream(ex, upstream, stream, raw)
+                    return await _stream(ex, upstream, stream, head)
                 except NotStreamable:  # not the shape the records path says: buffer it
-                    raw = await read_capped(upstream, limits.max_response_body, raw)
+                    raw = await read_capped(upstream, limits.max_response_body, b"".join(head))
+            else:
+                raw = b"".join(head)
         kind, params = media_type(upstream.headers.get("Content-Type"))
         if raw and kind in ex.route.config.pass_through:
             return _respond(ex, upstream, raw, keep_encoding=True)
@@ -208,7 +214,7 @@ class _Abort(Exception):
 
 
 async def _stream(
-    ex: Exchange, upstream: aiohttp.ClientResponse, stream: RecordStream, head: bytes
+    ex: Exchange, upstream: aiohttp.ClientResponse, stream: RecordStream, head: list[bytes]
 ) -> web.StreamResponse:
     """Mask record by record (gateway.streaming); account each part before sending it."""
     resp: web.StreamResponse | None = None
@@ -242,9 +248,13 @@ async def _stream(
         raise _Abort(reason)
 
     try:
-        refusal = await emit(stream.feed(head))
-        if refusal is not None:
-            return refusal
+        # The head as it was read, chunk by chunk, each released once masked (only the
+        # first feed may raise NotStreamable, and then the head is still whole).
+        while head:
+            refusal = await emit(stream.feed(head[0]))
+            head.pop(0)
+            if refusal is not None:
+                return refusal
         async for chunk in upstream.content.iter_any():
             refusal = await emit(stream.feed(chunk))
             if refusal is not None:
