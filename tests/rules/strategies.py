@@ -70,21 +70,32 @@ ACTIONS = [
 
 
 @st.composite
-def policies(draw: st.DrawFn) -> str:
-    """A random policy file (simple paths, sometimes a general one)."""
+def policies(
+    draw: st.DrawFn,
+    actions: list[str] = ACTIONS,
+    general: bool = True,
+    records: tuple[str, ...] = (),
+) -> str:
+    """A random policy file: simple paths, sometimes a general one (``general``), and
+    sometimes one of ``records`` as its records path."""
     n = draw(st.integers(1, 4))
     seen: set[str] = set()
+    any_path = st.one_of(simple_paths, general_paths) if general else simple_paths
     lines = [f"policy: p\nunlisted: {draw(st.sampled_from(['keep', 'drop']))}\nfields:\n"]
     for i in range(n):
-        paths = draw(st.lists(st.one_of(simple_paths, general_paths), min_size=1, max_size=2))
+        paths = draw(st.lists(any_path, min_size=1, max_size=2))
         paths = [p for p in dict.fromkeys(paths) if p not in seen]
         if not paths:
             continue
         seen.update(paths)
         level = draw(st.sampled_from(["public", "internal", "confidential", "secret", "never"]))
-        action = draw(st.sampled_from(ACTIONS))
+        action = draw(st.sampled_from(actions))
         if level != "never" and action.startswith("{internal"):
             level = "secret"
         quoted = ", ".join(f'"{p}"' for p in paths)
         lines.append(f"  - {{name: r{i}, paths: [{quoted}], level: {level}, action: {action}}}\n")
+    if records:
+        path = draw(st.sampled_from(["", *records]))
+        if path:
+            lines.append(f'records: {{path: "{path}", id: a}}\n')
     return "".join(lines)

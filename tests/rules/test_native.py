@@ -27,7 +27,7 @@ from gateway.rules.plan import Plan
 from gateway.rules.presets import PRESETS
 
 from .conftest import KEY, LEVELS, RuleDir, policy_yaml, ruleset_of
-from .strategies import documents, simple_paths
+from .strategies import documents, policies
 
 LEVEL_NAMES = ["public", "internal", "confidential", "secret"]
 SHIPPED = Path(__file__).resolve().parents[2] / "rules"
@@ -254,27 +254,10 @@ ACTIONS = [
 ]
 
 
-@st.composite
-def native_policies(draw: st.DrawFn) -> str:
-    n = draw(st.integers(1, 4))
-    seen: set[str] = set()
-    lines = [f"policy: p\nunlisted: {draw(st.sampled_from(['keep', 'drop']))}\nfields:\n"]
-    for i in range(n):
-        paths = [p for p in dict.fromkeys(draw(st.lists(simple_paths, min_size=1, max_size=2)))]
-        paths = [p for p in paths if p not in seen]
-        if not paths:
-            continue
-        seen.update(paths)
-        level = draw(st.sampled_from(["public", "internal", "confidential", "secret", "never"]))
-        action = draw(st.sampled_from(ACTIONS))
-        if level != "never" and action.startswith("{internal"):
-            level = "secret"
-        quoted = ", ".join(f'"{p}"' for p in paths)
-        lines.append(f"  - {{name: r{i}, paths: [{quoted}], level: {level}, action: {action}}}\n")
-    records = draw(st.sampled_from(["", "$.data[*]", "$.*", "$[*].a", "$.data"]))
-    if records:
-        lines.append(f'records: {{path: "{records}", id: a}}\n')
-    return "".join(lines)
+def native_policies() -> st.SearchStrategy[str]:
+    return policies(
+        actions=ACTIONS, general=False, records=("$.data[*]", "$.*", "$[*].a", "$.data")
+    )
 
 
 def _ruleset(tmp_path_factory: Any, policy: str) -> RuleSet:
