@@ -37,6 +37,7 @@ from gateway.problem import problem
 
 MetricsBody = Callable[[], bytes]
 ReadyCheck = Callable[[], tuple[bool, list[str]]]
+Health = Callable[[], dict[str, Any]]
 Reload = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 
 TOKEN_KEY: Final = web.AppKey("admin_token", bytes)
@@ -45,6 +46,7 @@ READY_KEY: Final = web.AppKey[ReadyCheck]("admin_ready")
 RELOAD_KEY: Final = web.AppKey[Reload]("admin_reload")
 BROADCAST_KEY: Final = web.AppKey("admin_audit_broadcast", AuditBroadcaster)
 KEEPALIVE_KEY: Final = web.AppKey("admin_sse_keepalive", float)
+HEALTH_KEY: Final = web.AppKey[Health]("admin_health")
 
 ADMIN_PREFIX: Final = "/admin"
 
@@ -86,7 +88,8 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    health = request.app.get(HEALTH_KEY)
+    return _json(health() if health is not None else {"status": "ok"})
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
@@ -153,8 +156,13 @@ def create_admin_app(
     reload: Reload,
     audit_broadcast: AuditBroadcaster,
     sse_keepalive: float = 15.0,
+    health: Health | None = None,
 ) -> web.Application:
-    """The admin listener's application (serve it on ``admin_listen``)."""
+    """The admin listener's application (serve it on ``admin_listen``).
+
+    ``health`` (optional) gives the ``/healthz`` body, which is always a 200:
+    the supervisor of ``workers: N`` lists its workers there.
+    """
     app = web.Application(middlewares=[admin_auth])
     app[TOKEN_KEY] = token.encode() if token else b""
     app[METRICS_KEY] = metrics_body
@@ -162,6 +170,8 @@ def create_admin_app(
     app[RELOAD_KEY] = reload
     app[BROADCAST_KEY] = audit_broadcast
     app[KEEPALIVE_KEY] = sse_keepalive
+    if health is not None:
+        app[HEALTH_KEY] = health
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)

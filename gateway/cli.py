@@ -68,6 +68,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     config, compiled = loaded
+    if config.workers > 1:
+        from gateway.workers import supervise
+
+        # Each worker loads and compiles the files itself; this load only validated them.
+        return supervise(config, args.config, verbose=args.verbose)
     run_loop(lambda: serve(config, compiled))
     return 0
 

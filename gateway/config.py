@@ -214,6 +214,8 @@ class LimitsConfig(_Model):
 
 class Config(_Model):
     listen: str = "0.0.0.0:8080"
+    # Processes serving `listen` (SO_REUSEPORT, under a supervisor: gateway/workers.py).
+    workers: int = Field(default=1, ge=1, le=256)
     tls: TLSListen | None = None
     admin_listen: str | None = None
     admin_token_env: str | None = None

@@ -11,6 +11,7 @@ effect on restart; a reload that changes them says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.control")
 
-RESTART_KEYS = ("listen", "tls", "admin_listen", "admin_token_env", "limits", "state", "audit")
+RESTART_KEYS = (
+    "listen",
+    "workers",
+    "tls",
+    "admin_listen",
+    "admin_token_env",
+    "limits",
+    "state",
+    "audit",
+)
 STATE_CHECK_INTERVAL = 2.0
 
 
@@ -89,20 +99,37 @@ async def watch_state(gateway: Gateway) -> None:
         await asyncio.sleep(STATE_CHECK_INTERVAL)
 
 
-async def start_admin(gateway: Gateway) -> web.AppRunner | None:
+async def start_admin(
+    gateway: Gateway, control: tuple[str, str] | None = None
+) -> web.AppRunner | None:
+    """The admin app on ``admin_listen``; or, for a worker of ``workers: N``, on the
+    supervisor's private control socket ``control = (unix socket path, token)``."""
     cfg = gateway.runtime.config
-    if cfg.admin_listen is None:
+    if control is None and cfg.admin_listen is None:
         return None
-    token = os.environ.get(cfg.admin_token_env) if cfg.admin_token_env else None
+    if control is not None:
+        token: str | None = control[1]
+    else:
+        token = os.environ.get(cfg.admin_token_env) if cfg.admin_token_env else None
     app = create_admin_app(
         token=token,
         metrics_body=metrics.metrics_body,
         ready=lambda: readiness(gateway),
         reload=lambda: reload(gateway),
         audit_broadcast=gateway.broadcaster,
+        # The supervisor's relay notices a departed audit-stream client within a second.
+        sse_keepalive=1.0 if control is not None else 15.0,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    site: web.BaseSite
+    if control is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(control[0])  # left by a worker of this slot that died
+        site = web.UnixSite(runner, control[0])
+        await site.start()
+        return runner
+    assert cfg.admin_listen is not None
     host, port = parse_listen(cfg.admin_listen)
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -15,12 +15,13 @@ Rules:
   version's series is removed on reload). ``gateway_state_up`` is 1 while the
   state backend answers (always 1 with in-process memory).
 
-Multi-worker (``workers: N``): prometheus-client's multiprocess mode. Set
-``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory **before the
-first import of prometheus_client** (the value class is chosen at import),
-wipe it when the master starts, and call :func:`worker_exited` from the master
-when a worker dies. :func:`metrics_body` then merges every worker's files with
-a ``MultiProcessCollector`` per scrape. In that mode gauges aggregate across
+Multi-worker (``workers: N``, :mod:`gateway.workers`): prometheus-client's
+multiprocess mode. The supervisor creates a fresh directory per run and starts
+each worker with ``PROMETHEUS_MULTIPROC_DIR`` pointing at it (it must be set
+**before the first import of prometheus_client**: the value class is chosen at
+import), calls :func:`worker_exited` when a worker dies, serves
+:func:`merged_body` on the admin listener (a ``MultiProcessCollector`` per
+scrape) and removes the directory on exit. In that mode gauges aggregate across
 live workers: ``gateway_state_up`` is the minimum (one worker cut off from
 Redis shows 0) and ``gateway_rules_info`` the maximum; a replaced rules
 version reads 0 instead of disappearing.
@@ -279,13 +280,23 @@ def set_state_up(up: bool) -> None:
 def metrics_body() -> bytes:
     """The exposition text for ``/metrics`` (every worker's, in multiprocess mode)."""
     if MULTIPROC:
-        registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return merged_body(None)
     return generate_latest(REGISTRY)
 
 
-def worker_exited(pid: int) -> None:
-    """Master process: forget a dead worker's live gauges (multiprocess mode only)."""
-    if MULTIPROC:
-        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+def merged_body(directory: str | None) -> bytes:
+    """Every process's metrics in a multiprocess ``directory`` (None: the environment's).
+
+    The supervisor of ``workers: N`` serves this without being in multiprocess
+    mode itself: it records nothing, it only reads what its workers wrote.
+    """
+    registry = CollectorRegistry()
+    _mp.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def worker_exited(pid: int, directory: str | None = None) -> None:
+    """Supervisor: forget a dead worker's live gauges (its counters keep counting in the
+    totals, so they never go backwards). ``directory``: the workers' multiprocess dir."""
+    if directory is not None or MULTIPROC:
+        _mp.mark_process_dead(pid, path=directory)  # type: ignore[no-untyped-call]

@@ -114,6 +114,7 @@ def compile_config(
     )
     if not rules_failed:  # unknown policies and levels are meaningless without the rules
         issues.extend(route_issues)
+    issues.extend(_unshared_quotas(config, rules))
     if issues:
         raise ConfigError(issues)
     return Compiled(
@@ -124,6 +125,30 @@ def compile_config(
         routes,
         parse_networks(config.trusted_proxies),
     )
+
+
+def _unshared_quotas(config: Config, rules: RuleSet | None) -> list[ConfigIssue]:
+    """Refuse ``workers: N`` with in-process quota state when a served policy has quotas.
+
+    Each worker would keep its own counts, so a caller spread over N connections
+    could read up to N times every ``max_*``: a silently weakened control, not a
+    degraded one. Shared, atomic counts need ``state.redis``.
+    """
+    if config.workers == 1 or config.state.redis is not None or rules is None:
+        return []
+    served = {r.policy for r in config.routes if r.policy is not None}
+    limited = sorted(p for p in served if p in rules.policies and rules.policies[p].quotas)
+    if not limited:
+        return []
+    n = config.workers
+    return [
+        config.issue(
+            ("workers",),
+            f"{n} workers with in-process quota state would each count on their own "
+            f"(a caller could read up to {n}x every max_* of policy {', '.join(limited)}); "
+            "set state.redis to share the counts, or use workers: 1",
+        )
+    ]
 
 
 def _compile_route(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -124,7 +126,15 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self.chain(self._exchange(request))
 
-    async def start(self) -> None:
+    async def start(
+        self,
+        *,
+        sockets: Sequence[socket.socket] | None = None,
+        control: tuple[str, str] | None = None,
+    ) -> None:
+        """Start serving ``listen`` — or, in a worker of ``workers: N``, the listening
+        ``sockets`` the supervisor bound, with the admin app on its ``control`` socket
+        (path, token) instead of ``admin_listen`` (see :mod:`gateway.workers`)."""
         cfg = self.runtime.config
         await self.audit.start()
         metrics.set_rules_version(self.runtime.version)
@@ -132,7 +142,7 @@ class Gateway:
         if self.runtime.auth is not None:
             # In the background: /readyz says "auth" until every JWKS has keys.
             self._prefetch = asyncio.create_task(self.runtime.auth.prefetch())
-        self._admin = await start_admin(self)
+        self._admin = await start_admin(self, control)
         limits = cfg.limits
         server = GatewayServer(
             self.handle,
@@ -150,13 +160,20 @@ class Gateway:
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=limits.shutdown_timeout)
         await self._runner.setup()
-        host, port = parse_listen(cfg.listen)
-        site = web.TCPSite(
-            self._runner, host, port, ssl_context=listener_ssl_context(cfg), backlog=1024
-        )
-        await site.start()
-        for sock in getattr(site._server, "sockets", None) or []:  # bound port when 0
-            self.addresses.append(sock.getsockname()[:2])
+        ssl_context = listener_ssl_context(cfg)
+        sites: list[web.BaseSite]
+        if sockets is None:
+            host, port = parse_listen(cfg.listen)
+            sites = [web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=1024)]
+        else:
+            sites = [
+                web.SockSite(self._runner, s, ssl_context=ssl_context, backlog=1024)
+                for s in sockets
+            ]
+        for site in sites:
+            await site.start()
+            for sock in getattr(site._server, "sockets", None) or []:  # bound port when 0
+                self.addresses.append(sock.getsockname()[:2])
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close."""

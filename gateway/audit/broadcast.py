@@ -111,6 +111,13 @@ class AuditBroadcaster:
                         return  # not a build_record() record: a bug, but not the caller's problem
                 sub.offer(line)
 
+    def note_dropped(self, n: int) -> None:
+        """``n`` records were lost upstream of this broadcaster (the stream it relays, as
+        the ``workers: N`` supervisor does, fell behind): every subscriber is told."""
+        if n > 0:
+            for sub in self._subs:
+                sub.dropped += n
+
     def close(self) -> None:
         """End every subscription (on shutdown); later subscribers end at once."""
         self._closed = True

@@ -19,13 +19,17 @@ File sink rules:
   newest backup, at most ``backups`` kept; ``backups: 0`` truncates). A record
   is never split across files.
 - files are created ``0640``: the trail names subjects and customer ids.
-- with ``workers: N`` each process rotates on its own, so give each worker its
-  own file (or rotate externally with ``max_bytes: 0``).
+- with ``workers: N`` every worker appends to the same file (``O_APPEND``: a
+  batch lands whole) and rotation is decided on the file's real size and done
+  under an exclusive ``flock`` on it: a worker that waited for the lock finds
+  the path already moved and only reopens, so a file rotates once and no
+  backup is overwritten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -104,16 +108,29 @@ class FileSink:
         assert self._fd is not None
         return self._fd
 
+    def _moved(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ino
+
     def _rotate(self) -> None:
-        self._close()
-        if self.backups > 0:
-            for i in range(self.backups - 1, 0, -1):
-                src = self.path.with_name(f"{self.path.name}.{i}")
-                if src.exists():
-                    os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        else:
-            os.truncate(self.path, 0)
+        if self._fd is not None:
+            # Other processes (workers) writing this file take the same lock first.
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            if not self._moved():  # else another process rotated it while we waited
+                if self.backups > 0:
+                    for i in range(self.backups - 1, 0, -1):
+                        src = self.path.with_name(f"{self.path.name}.{i}")
+                        if src.exists():
+                            os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                else:
+                    os.truncate(self.path, 0)
+        finally:
+            self._close()  # releases the lock
         self._open()
 
     def _write_all(self, data: bytes) -> None:
@@ -125,19 +142,19 @@ class FileSink:
         self._size += len(data)
 
     def write_sync(self, lines: Sequence[bytes]) -> None:
-        self._ensure_open()
+        fd = self._ensure_open()
         if self.max_bytes <= 0:
             self._write_all(b"".join(lines))
             return
         chunk: list[bytes] = []
-        size = self._size
+        size = os.fstat(fd).st_size  # not our own count: other workers append too
         for line in lines:
             if size > 0 and size + len(line) > self.max_bytes:
                 if chunk:
                     self._write_all(b"".join(chunk))
                     chunk = []
                 self._rotate()
-                size = 0
+                size = self._size  # 0, or what another worker already wrote after rotating
             chunk.append(line)
             size += len(line)
         if chunk:

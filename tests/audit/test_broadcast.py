@@ -51,3 +51,12 @@ def test_cap_unsubscribe_and_unknown_filter() -> None:
     assert b.subscribers == 0
     with pytest.raises(ValueError):
         b.subscribe({"phone": ["1"]})
+
+
+async def test_drops_upstream_of_a_relay_are_reported_to_every_subscriber() -> None:
+    b = AuditBroadcaster()
+    subs = [b.subscribe(), b.subscribe({"route": ["ops"]})]
+    b.note_dropped(3)
+    b.note_dropped(0)
+    assert [s.take_dropped() for s in subs] == [3, 3]
+    assert [s.take_dropped() for s in subs] == [0, 0]

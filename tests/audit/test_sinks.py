@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 from pathlib import Path
 
 import orjson
@@ -119,3 +120,33 @@ def test_build_sinks_from_config(tmp_path: Path) -> None:
     assert [s.name for s in sinks] == ["stdout", "file", "redis_stream"]
     file_sink = sinks[1]
     assert isinstance(file_sink, FileSink) and file_sink.path == tmp_path / "audit.jsonl"
+
+
+def test_workers_appending_one_audit_file_rotate_it_once(tmp_path: Path) -> None:
+    """Two sinks on one file (two workers): every line survives concurrent rotations."""
+    path = tmp_path / "audit.jsonl"
+    sinks = [FileSink(f"w{i}", path, max_bytes=2000, backups=1000) for i in range(2)]
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            for n in range(300):
+                sinks[i].write_sync([b'{"w":%d,"n":%d,"pad":"%s"}\n' % (i, n, b"x" * 40)])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in sinks:
+        s._close()
+    assert not errors
+    files = [path, *tmp_path.glob("audit.jsonl.*")]
+    written = [raw for f in files for raw in f.read_bytes().splitlines()]
+    assert len(written) == 600 and len(set(written)) == 600
+    assert all(orjson.loads(raw)["pad"] for raw in written)
+    # Each file rotated on its real size, not on one writer's share of it (the other
+    # writer may land a line between a size check and a write).
+    assert all(f.stat().st_size <= 2000 + 2 * 60 for f in files)
