@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web, web_protocol
 
 from gateway.problem import problem
+from gateway.requestid import new_request_id
 
 log = logging.getLogger("gateway.connections")
 
@@ -142,7 +142,7 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
         if self._on_protocol_error is not None:
             request_id = self._on_protocol_error(request, status, reason)
         else:
-            request_id = uuid.uuid4().hex
+            request_id = new_request_id()
         detail = "The request is malformed." if status < 500 else None
         resp = problem(status, request_id, detail, headers={self._request_id_header: request_id})
         resp.force_close()

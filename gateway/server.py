@@ -13,7 +13,6 @@ import signal
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -106,9 +105,7 @@ class Gateway:
         return Exchange(
             request=request,
             runtime=runtime,
-            request_id=request_id_from(
-                request.headers.get(runtime.config.request_id_header), uuid.uuid4().hex
-            ),
+            request_id=request_id_from(request.headers.get(runtime.config.request_id_header)),
             started=time.perf_counter(),
             wall_start=time.time(),
             client_ip=client_ip(peer, xff, trusted) if via_proxy else peer,

@@ -18,6 +18,7 @@ from gateway.exchange import Exchange, Handler
 from gateway.paths import PathError, split_target
 from gateway.problem import problem
 from gateway.query import QueryError, clamp_page_size
+from gateway.requestid import new_request_id
 from gateway.routing import Match, MethodNotAllowed
 from gateway.trail import leave_trace
 
@@ -26,11 +27,12 @@ log = logging.getLogger("gateway")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def request_id_from(value: str | None, generate: str) -> str:
-    """Keep a caller's request id only when it is a plain token (it lands in logs)."""
+def request_id_from(value: str | None) -> str:
+    """Keep a caller's request id only when it is a plain token (it lands in logs);
+    otherwise a new one."""
     if value is not None and _SAFE_REQUEST_ID.match(value):
         return value
-    return generate
+    return new_request_id()
 
 
 async def guard(ex: Exchange, call_next: Handler) -> web.StreamResponse:
