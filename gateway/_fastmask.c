@@ -284,6 +284,7 @@ static int buf_grow(Buf *b, Py_ssize_t need) {
 }
 
 static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (n <= 0) return 0; /* s may be NULL then (an empty decoded string) */
     if (b->cap - b->len < n && buf_grow(b, n) < 0) return -1;
     memcpy(b->p + b->len, s, (size_t)n);
     b->len += n;
