@@ -1,18 +1,53 @@
 """Quotas in the request path (看多少 — how much a caller may take).
 
-Two points, one decision module (:mod:`gateway.quota`):
+Two points, one decision module (:mod:`gateway.quota`); quotas come from the
+route's policy.
 
-- the ``limit`` stage, before the upstream: a caller already at a ``max_*``
-  gets 429 and the upstream is never contacted (this is also where requests
-  are counted);
-- :func:`account`, after the response is masked and before a byte is sent:
-  the response's records and distinct customers are added atomically, or the
-  response is refused with 429 and carries no customer data. A refused
-  response does not count (the caller did not receive it).
+Before the upstream, the ``limit`` stage:
 
-Quotas come from the route's policy. With the state backend down the route
-follows ``state.on_failure``: ``closed`` answers 503 with ``Retry-After``;
-``open`` serves and marks the exchange (audit and metrics say so).
+1. Holds, no I/O: a caller this process knows to be blocked — records usage at
+   ``max_records``, or no room for one more request under ``max_requests`` —
+   gets 429 (``Retry-After``, ``RateLimit``/``RateLimit-Policy``) and the
+   upstream is never contacted. The process knows from the store's answers to
+   its own calls and, with Redis, from blocks other processes announce
+   (``gateway.quota.holds``, ``gateway.quota.redisstore``).
+2. The store's pre-check, only when it is needed: a quota of the route counts
+   requests (they are counted here, atomically with the check, so concurrent
+   requests cannot overshoot ``max_requests``); the method is not safe
+   (anything but GET, HEAD, OPTIONS, TRACE: a request that may change something
+   upstream is never let through on the strength of a later check); or the
+   last call to the store failed (the pre-check is then the probe, and an
+   outage under ``on_failure: closed`` answers 503 before the upstream).
+   Otherwise nothing is asked before the upstream.
+
+After masking, before a byte is sent, :func:`account`: the response's records
+and distinct customers are checked against every ``max_*`` and added,
+atomically, or the response is refused with 429 and carries no customer data;
+a refused response does not count (the caller did not receive it). Records
+usage already at ``max_records`` refuses here too, so a caller whose block this
+process did not know yet (reached through another host an instant ago, or
+before this process started) gets 429 and no data; only the upstream was
+contacted, once, and the refusal teaches the process the hold. An empty
+response still makes this call when nothing was asked before the upstream: it
+reports usage (audit record, RateLimit fields) and teaches any hold.
+
+Round trips to Redis per request on a route with quotas:
+
+- 1: a safe method and no quota counting requests (the usual case): account;
+  or quotas that count requests only: pre-check;
+- 2: quotas that count requests and records or customers, or an unsafe method:
+  pre-check and account (the account is skipped when the response carries no
+  records);
+- 0: a caller held by this process (refused before the upstream).
+
+The in-memory backend takes the same steps with no I/O, so both behave alike.
+
+With the state backend down the route follows ``state.on_failure``: ``closed``
+answers 503 with ``Retry-After``; ``open`` serves and marks the exchange (audit
+and metrics say so). The first request to meet an outage may already have
+contacted the upstream (a safe method; under ``closed`` its data is withheld);
+the next ones are checked before the upstream until the store answers again.
+Recovery needs no restart.
 """
 
 from __future__ import annotations
@@ -24,12 +59,17 @@ from aiohttp import web
 from gateway.exchange import Exchange, Handler
 from gateway.problem import problem
 from gateway.quota import Decision, KeyParts, StateUnavailable, ratelimit_headers
+from gateway.quota.engine import counts_requests, counts_responses
 from gateway.rules import Quota
 
 log = logging.getLogger("gateway.limiting")
 
 # How long a caller is asked to wait while the state backend is unreachable.
 STATE_RETRY_AFTER = 5
+
+# RFC 9110 §9.2.1: a request with any other method may change something upstream, so
+# it is never let through on the strength of a later check.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 def quotas_of(ex: Exchange) -> tuple[Quota, ...]:
@@ -50,7 +90,8 @@ def _record(ex: Exchange, decision: Decision) -> None:
         name: {"used": dict(u.used), "limit": dict(u.limits), "alert": list(u.alert)}
         for name, u in decision.usage.items()
     }
-    ex.quota_alerts = [(name, m) for name, u in decision.usage.items() for m in u.crossed]
+    # A pre-check crosses request alerts, an account record and distinct ones: keep both.
+    ex.quota_alerts += [(name, m) for name, u in decision.usage.items() for m in u.crossed]
     ex.response_headers.update(ratelimit_headers(decision))
 
 
@@ -83,13 +124,31 @@ def _blocked(ex: Exchange, decision: Decision) -> web.Response:
     )
 
 
+def _must_precheck(ex: Exchange, quotas: tuple[Quota, ...]) -> bool:
+    """Whether the store must be asked before the upstream (see the module docstring)."""
+    return (
+        counts_requests(quotas)
+        or ex.request.method not in SAFE_METHODS
+        or not ex.runtime.state.healthy
+    )
+
+
 async def limit(ex: Exchange, call_next: Handler) -> web.StreamResponse:
-    """Pre-check: a caller already at a limit never reaches the upstream."""
+    """Before the upstream: refuse a caller known to be at a limit; ask the store when
+    requests must be counted, the method is unsafe, or the store just failed."""
     quotas = quotas_of(ex)
     if not quotas:
         return await call_next(ex)
+    state = ex.runtime.state
+    parts = _parts(ex)
+    held = state.held(quotas, parts)
+    if held is not None:
+        _record(ex, held)
+        return _blocked(ex, held)
+    if not _must_precheck(ex, quotas):
+        return await call_next(ex)
     try:
-        decision = await ex.runtime.state.precheck(quotas, _parts(ex))
+        decision = await state.precheck(quotas, parts)
     except StateUnavailable:
         refusal = _unavailable(ex)
         return refusal if refusal is not None else await call_next(ex)
@@ -100,9 +159,16 @@ async def limit(ex: Exchange, call_next: Handler) -> web.StreamResponse:
 
 
 async def account(ex: Exchange) -> web.Response | None:
-    """Count a masked response before it is sent; a refusal replaces it (None: send it)."""
+    """Count a masked response before it is sent; a refusal replaces it (None: send it).
+
+    An empty response still makes the call when nothing was asked of the store
+    before the upstream: it reports usage (audit, RateLimit headers) and teaches
+    this process any hold, at the cost of the one round trip every request makes.
+    """
     quotas = quotas_of(ex)
-    if not quotas or (ex.records == 0 and not ex.entities):
+    if not quotas or not counts_responses(quotas):
+        return None  # nothing to count, and the pre-check has reported usage
+    if ex.records == 0 and not ex.entities and (ex.quota or ex.state_failed):
         return None
     try:
         decision = await ex.runtime.state.account(quotas, _parts(ex), ex.records, ex.entities)

@@ -52,12 +52,13 @@ def bearer(sub: str) -> dict[str, str]:
 
 
 class Customers:
-    """Upstream: /c/{id} answers one customer (as a one-element page)."""
+    """Upstream: /c/{id} answers one customer (as a one-element page), to GET and POST."""
 
     def __init__(self) -> None:
         self.hits = 0
         self.app = web.Application()
         self.app.router.add_get("/c/{id}", self.one)
+        self.app.router.add_post("/c/{id}", self.one)
 
     async def one(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -155,7 +156,7 @@ async def test_request_limit_blocks_before_the_upstream(
 async def test_redis_outage_follows_on_failure_and_recovers(
     customers: tuple[Customers, str], tmp_path: Path, on_failure: str, status: int
 ) -> None:
-    _, url = customers
+    up, url = customers
     redis = RedisServer(tmp_path)
     redis.start()
     gw, base = await start_gateway(
@@ -168,27 +169,189 @@ async def test_redis_outage_follows_on_failure_and_recovers(
             async with s.get(f"{base}/c/1") as resp:
                 assert resp.status == 200
             redis.stop()
-            async with s.get(f"{base}/c/2") as resp:
-                assert resp.status == status
-                if status == 503:
-                    assert resp.headers["Retry-After"] == "5"
-                    assert b"13812345678" not in await resp.read()
+            for cid in (2, 3):
+                async with s.get(f"{base}/c/{cid}") as resp:
+                    assert resp.status == status
+                    if status == 503:
+                        assert resp.headers["Retry-After"] == "5"
+                        assert b"13812345678" not in await resp.read()
+            # The first request of the outage learnt it after the upstream (a GET, its
+            # data withheld); from then on the store is asked first, until it answers.
+            assert up.hits == (2 if status == 503 else 3)
             redis.start()
-            async with s.get(f"{base}/c/3") as resp:
+            async with s.get(f"{base}/c/4") as resp:
                 assert resp.status == 200  # recovery without a restart
     finally:
         await gw.stop()
         redis.stop()
 
 
+class ScriptCalls:
+    """How many quota scripts a redis-server ran: one per round trip of the quota path."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as aioredis
+
+        self.client: Any = aioredis.Redis.from_url(url)
+
+    async def reset(self) -> None:
+        await self.client.config_resetstat()
+
+    async def count(self) -> int:
+        stats = await self.client.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, ScriptCalls]]:
+    redis = RedisServer(tmp_path)
+    redis.start()
+    calls = ScriptCalls(redis.url)
+    yield redis, calls
+    await calls.close()
+    redis.stop()
+
+
+async def get_status(s: aiohttp.ClientSession, url: str, method: str = "GET") -> int:
+    async with s.request(method, url) as resp:
+        await resp.read()
+        return resp.status
+
+
+@pytest.mark.parametrize("state", ["memory", "redis"])
+async def test_a_caller_at_max_records_is_refused_before_the_upstream(
+    customers: tuple[Customers, str],
+    tmp_path: Path,
+    private_redis: tuple[RedisServer, ScriptCalls],
+    state: str,
+) -> None:
+    up, url = customers
+    rules = rules_dir(tmp_path, "max_records: 3", per="subject")
+    config = {"redis": private_redis[0].url} if state == "redis" else None
+    gw, base = await start_gateway(url, rules, config, auth="jwt")
+    try:
+        async with aiohttp.ClientSession(headers=bearer("alice")) as s:
+            assert [await get_status(s, f"{base}/c/{cid}") for cid in (1, 2, 3)] == [200] * 3
+            async with s.get(f"{base}/c/4") as resp:
+                body = await resp.read()
+                assert resp.status == 429
+                retry = int(resp.headers["Retry-After"])
+                assert 3599 <= retry <= 3600
+                assert resp.headers["RateLimit-Policy"] == '"bulk-read";q=3;w=3600;qu="records"'
+                assert resp.headers["RateLimit"] == f'"bulk-read";r=0;t={retry}'
+                assert orjson.loads(body)["quota"] == "bulk-read"
+            assert await get_status(s, f"{base}/c/1") == 429  # re-reads are records too
+        assert up.hits == 3  # neither refusal reached the upstream
+        async with aiohttp.ClientSession(headers=bearer("bob")) as s:
+            assert await get_status(s, f"{base}/c/4") == 200
+        assert up.hits == 4
+    finally:
+        await gw.stop()
+
+
+async def test_one_round_trip_per_request_and_none_for_a_known_block(
+    customers: tuple[Customers, str],
+    tmp_path: Path,
+    private_redis: tuple[RedisServer, ScriptCalls],
+) -> None:
+    up, url = customers
+    redis, scripts = private_redis
+    rules = rules_dir(tmp_path, "alert_records: 2, max_records: 3, max_distinct: 10", "subject")
+    gw, base = await start_gateway(url, rules, {"redis": redis.url}, auth="jwt")
+    try:
+        async with aiohttp.ClientSession(headers=bearer("alice")) as s:
+            assert await get_status(s, f"{base}/c/1") == 200  # loads the script
+            await scripts.reset()
+            assert [await get_status(s, f"{base}/c/{cid}") for cid in (2, 3)] == [200, 200]
+            assert await scripts.count() == 2  # check and account: one script after masking
+            assert await get_status(s, f"{base}/c/4") == 429
+            assert await scripts.count() == 2  # refused from what the process knows
+        assert up.hits == 3
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.parametrize(
+    ("limits", "per_request"), [("max_requests: 3, max_records: 100", 2), ("max_requests: 3", 1)]
+)
+async def test_counting_requests_costs_a_round_trip_before_the_upstream(
+    customers: tuple[Customers, str],
+    tmp_path: Path,
+    private_redis: tuple[RedisServer, ScriptCalls],
+    limits: str,
+    per_request: int,
+) -> None:
+    up, url = customers
+    redis, scripts = private_redis
+    rules = rules_dir(tmp_path, limits, "subject")
+    gw, base = await start_gateway(url, rules, {"redis": redis.url}, auth="jwt")
+    try:
+        async with aiohttp.ClientSession(headers=bearer("alice")) as s:
+            assert await get_status(s, f"{base}/c/1") == 200
+            await scripts.reset()
+            assert [await get_status(s, f"{base}/c/{cid}") for cid in (2, 3)] == [200, 200]
+            # The request is counted before the upstream, records (if any) after masking.
+            assert await scripts.count() == 2 * per_request
+            async with s.get(f"{base}/c/4") as resp:
+                assert resp.status == 429
+                assert resp.headers["RateLimit-Policy"] == '"bulk-read";q=3;w=3600'
+            assert await scripts.count() == 2 * per_request
+        assert up.hits == 3
+    finally:
+        await gw.stop()
+
+
+async def test_a_block_this_process_has_not_seen(
+    customers: tuple[Customers, str],
+    tmp_path: Path,
+    private_redis: tuple[RedisServer, ScriptCalls],
+) -> None:
+    """Another process (here a backend that announces nothing) took alice to her limit."""
+    from gateway.quota import KeyParts, RedisBackend
+    from gateway.rules.model import Quota
+
+    up, url = customers
+    redis, _ = private_redis
+    rules = rules_dir(tmp_path, "max_records: 3", per="subject")
+    gw, base = await start_gateway(url, rules, {"redis": redis.url}, auth="jwt")
+    other = RedisBackend(redis.url, id_key=ENV["GATEWAY_HASH_KEY"].encode(), broadcast=False)
+    try:
+        quota = Quota("bulk-read", "subject", 3600, {}, {"records": 3})
+        for who in ("alice", "carol"):
+            parts = KeyParts(who, "127.0.0.1", "c")
+            assert (await other.account((quota,), parts, 3, ["7", "8", "9"])).allowed
+        async with aiohttp.ClientSession(headers=bearer("carol")) as s:
+            # A method that may change something upstream is checked in the store first.
+            assert await get_status(s, f"{base}/c/1", "POST") == 429
+        assert up.hits == 0
+        async with aiohttp.ClientSession(headers=bearer("alice")) as s:
+            # A GET is answered by the one script after masking: the upstream is
+            # contacted, the response refused (no data), and the block learnt...
+            async with s.get(f"{base}/c/1") as resp:
+                assert resp.status == 429
+                assert b"13812345678" not in await resp.read()
+            assert up.hits == 1
+            # ... so the next request is refused before the upstream.
+            assert await get_status(s, f"{base}/c/2") == 429
+            assert up.hits == 1
+    finally:
+        await other.close()
+        await gw.stop()
+
+
 @pytest.fixture
 async def two_gateway_processes(
-    customers: tuple[Customers, str], tmp_path: Path
-) -> AsyncIterator[tuple[Customers, list[str]]]:
+    customers: tuple[Customers, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Customers, list[str], RedisServer]]:
+    """Two `gateway serve` processes sharing one redis-server; the quota's limits can be
+    given as an indirect parameter (default ``max_records: 20``, per client address)."""
     up, url = customers
     redis = RedisServer(tmp_path)
     redis.start()
-    rules = rules_dir(tmp_path, "max_records: 20")
+    rules = rules_dir(tmp_path, getattr(request, "param", "max_records: 20"))
     procs, bases = [], []
     for i in range(2):
         port = free_port()
@@ -226,7 +389,7 @@ async def two_gateway_processes(
                 except OSError:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
-        yield up, bases
+        yield up, bases, redis
     finally:
         for p in procs:
             p.terminate()
@@ -235,9 +398,9 @@ async def two_gateway_processes(
 
 
 async def test_exact_under_concurrency_across_two_processes(
-    two_gateway_processes: tuple[Customers, list[str]],
+    two_gateway_processes: tuple[Customers, list[str], RedisServer],
 ) -> None:
-    _, bases = two_gateway_processes
+    _, bases, _ = two_gateway_processes
     async with aiohttp.ClientSession() as s:
 
         async def get(i: int) -> tuple[int, bytes]:
@@ -247,7 +410,35 @@ async def test_exact_under_concurrency_across_two_processes(
         results = await asyncio.gather(*(get(i) for i in range(50)))
     delivered = [body for status, body in results if status == 200]
     refused = [body for status, body in results if status == 429]
-    assert len(delivered) == 20  # exactly the limit: never more, and no lost budget
+    statuses = sorted(status for status, _ in results)
+    assert len(delivered) == 20, statuses  # exactly the limit: never more, and no lost budget
     assert len(refused) == 30
     assert all(b"138****5678" in b for b in delivered)
     assert not any(b"phone" in b for b in refused)
+
+
+@pytest.mark.parametrize("two_gateway_processes", ["max_records: 3"], indirect=True)
+async def test_a_block_reached_through_one_process_keeps_the_other_from_the_upstream(
+    two_gateway_processes: tuple[Customers, list[str], RedisServer],
+) -> None:
+    import redis.asyncio as aioredis
+
+    up, bases, redis = two_gateway_processes
+    r: Any = aioredis.Redis.from_url(redis.url)
+    try:  # both processes listen for announced blocks (from their first health check)
+        deadline = time.monotonic() + 20
+        while (await r.pubsub_numsub("gw:quota:holds"))[0][1] < 2:
+            assert time.monotonic() < deadline, "the gateways did not subscribe"
+            await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
+    async with aiohttp.ClientSession() as s:
+        assert [await get_status(s, f"{bases[0]}/c/{cid}") for cid in (1, 2, 3)] == [200] * 3
+        await asyncio.sleep(0.5)  # the announcement is one message on a socket away
+        async with s.get(f"{bases[1]}/c/4") as resp:
+            assert resp.status == 429
+            assert 3597 <= int(resp.headers["Retry-After"]) <= 3600
+            assert "RateLimit" not in resp.headers  # a per-address bucket is not disclosed
+        async with s.get(f"{bases[0]}/c/5") as resp:
+            assert resp.status == 429
+    assert up.hits == 3

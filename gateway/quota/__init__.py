@@ -2,8 +2,10 @@
 
 ``engine`` holds the semantics (read its docstring first), ``backend`` the
 interface and :class:`StateUnavailable`, ``memory`` and ``redisstore`` the two
-stores. The request stages call ``precheck`` before the upstream and
-``account`` once the masked response is ready.
+stores (``resp``: the pipelined Redis connection), ``holds`` what a process
+knows about blocked callers. The request path (``gateway.limiting``) asks
+``held`` and, when needed, ``precheck`` before the upstream, and ``account``
+once the masked response is ready.
 """
 
 from gateway.quota.backend import QuotaBackend, StateUnavailable, open_backend

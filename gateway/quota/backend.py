@@ -1,8 +1,10 @@
 """The state-backend interface every quota store implements, and its one error.
 
 Backends hold the windows; ``gateway.quota.engine`` says what they mean. All
-backends give the same decisions for the same sequence of calls (one test suite
-runs against each). ``now`` is seconds; ``None`` means the backend's own clock
+backends give the same decisions for the same sequence of calls, and the same
+holds (one test suite runs against each): ``held`` answers from what the
+process learnt from its calls (and, with Redis, from other processes'
+announcements) without I/O. ``now`` is seconds; ``None`` means the backend's own clock
 (the Redis server's clock for Redis, so gateway hosts with skewed clocks agree;
 a monotonic clock in memory). Tests pass explicit times.
 """
@@ -21,6 +23,18 @@ class StateUnavailable(Exception):
 
 
 class QuotaBackend(Protocol):
+    @property
+    def healthy(self) -> bool:
+        """False after a call failed with :class:`StateUnavailable`, until one succeeds."""
+        ...
+
+    def held(
+        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+    ) -> Decision | None:
+        """A refusal from what this process already knows (``gateway.quota.holds``), no I/O:
+        None unless some quota is known to block a pre-check at ``now``."""
+        ...
+
     async def precheck(
         self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
     ) -> Decision:

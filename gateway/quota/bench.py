@@ -1,11 +1,12 @@
 """Quota micro-benchmark: ``account()`` calls per second, memory and Redis.
 
-Measured, not asserted (``python -m gateway.quota.bench [REDIS_URL]`` or
-``make bench``). Each call accounts a 20-record response with 20 ids for one
-of 100 callers under a quota with ``max_records`` and ``max_distinct`` high
-enough never to block, so the numbers are the steady-state cost of the
-accept path. Redis is measured one call at a time (latency bound: one round
-trip each) and with 32 calls in flight (throughput through the pool).
+Measured, not asserted (``python -m gateway.quota.bench [REDIS_URL]``; the
+end-to-end figures are ``make bench``'s). Each call accounts a 20-record
+response with 20 ids for one of 100 callers under a quota with ``max_records``
+and ``max_distinct`` high enough never to block, so the numbers are the
+steady-state cost of the accept path. Redis is measured one call at a time
+(latency bound: one round trip each) and with 32 calls in flight (throughput
+through the one pipelined connection).
 """
 
 from __future__ import annotations

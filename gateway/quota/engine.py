@@ -22,7 +22,7 @@ This is a sliding-window *log*, not a fixed or approximated window: usage drops
 exactly when an entry is ``window`` old, so there is no double burst at window
 edges. Two moments use it:
 
-``precheck`` (before the upstream is contacted)
+``precheck`` (before the upstream is contacted, when the request path asks)
     Blocked when, for any quota, the next request would exceed
     ``max_requests`` (``used + 1 > max``) or records usage is already at or
     over ``max_records`` (any record would go over). ``max_distinct`` is not
@@ -52,6 +52,19 @@ request while the caller stays above.
 
 Only metrics a quota declares (``alert_*`` or ``max_*``) are tracked: a quota
 with only ``max_records`` keeps no id set. Untracked metrics read ``None``.
+
+Holds
+=====
+
+Every call (pre-check or account) also reports per quota ``hold_ms``: for each
+metric that would block a pre-check made right after the call, the wait —
+the pre-check's own computation, on the state the call left (records usage at
+``max_records``; no room for one more request under ``max_requests``). Usage
+leaves a window only with time, so the caller stays blocked at least that long
+whatever anyone else does. ``gateway.quota.holds`` keeps these waits in the
+process, and the request path refuses a held caller before the upstream
+without asking the store; ``gateway.limiting`` says when the store is asked
+anyway and what a request costs.
 
 Keys
 ====
@@ -124,6 +137,29 @@ def tracked(quota: Quota) -> tuple[bool, bool, bool]:
     return on[0], on[1], on[2]
 
 
+def counts_requests(quotas: Sequence[Quota]) -> bool:
+    """Whether any of the quotas counts requests (which must happen before the upstream)."""
+    return any("requests" in q.limits or "requests" in q.alerts for q in quotas)
+
+
+def counts_responses(quotas: Sequence[Quota]) -> bool:
+    """Whether any of the quotas counts records or distinct customers (on account)."""
+    return any(m in q.limits or m in q.alerts for q in quotas for m in ("records", "distinct"))
+
+
+def fingerprint(quota: Quota) -> str:
+    """What a hold depends on: the window and the maxima (``w_ms:records:distinct:requests``).
+
+    A hold learnt under one definition never applies to another (a reload that
+    raises a limit ends it), and the Redis script builds the same string.
+    """
+    lim = quota.limits
+    return (
+        f"{quota.window * 1000}:{lim.get('records', 0)}:{lim.get('distinct', 0)}"
+        f":{lim.get('requests', 0)}"
+    )
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -136,24 +172,30 @@ def _escape(name: str) -> str:
 class Keyer:
     """The key scheme, keyed with the deployment's hash key (built once)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_id", "_ip", "_sub")
 
     def __init__(self, id_key: bytes = b"") -> None:
         # BLAKE2b takes a key of at most 64 bytes; longer keys are hashed first.
-        self._key = id_key if len(id_key) <= 64 else hashlib.sha256(id_key).digest()
+        key = id_key if len(id_key) <= 64 else hashlib.sha256(id_key).digest()
+        # Keyed states built once and copied per digest: keying costs a whole
+        # compression block, which would otherwise double the cost of each digest.
+        self._ip = hashlib.blake2b(digest_size=12, key=key, person=b"gw-quota-ip")
+        self._sub = hashlib.blake2b(digest_size=12, key=key, person=b"gw-quota-sub")
+        self._id = hashlib.blake2b(digest_size=16, key=key, person=b"gw-quota-id")
 
-    def _digest(self, text: str, person: bytes, size: int) -> bytes:
-        return hashlib.blake2b(
-            text.encode("utf-8", "surrogatepass"), digest_size=size, key=self._key, person=person
-        ).digest()
+    @staticmethod
+    def _digest(base: hashlib.blake2b, text: str) -> bytes:
+        h = base.copy()
+        h.update(text.encode("utf-8", "surrogatepass"))
+        return h.digest()
 
     def bucket(self, quota: Quota, parts: KeyParts) -> Bucket:
         name = _escape(quota.name)
         if parts.subject is None or quota.per == "client_ip":
-            tag = "i:" + self._digest(parts.client_ip, b"gw-quota-ip", 12).hex()
+            tag = "i:" + self._digest(self._ip, parts.client_ip).hex()
             shared = True
         else:
-            tag = "s:" + self._digest(parts.subject, b"gw-quota-sub", 12).hex()
+            tag = "s:" + self._digest(self._sub, parts.subject).hex()
             shared = False
         kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
         if quota.per == "subject_route":
@@ -162,7 +204,12 @@ class Keyer:
 
     def ids(self, ids: Sequence[str]) -> list[bytes]:
         """Digests of customer ids, duplicates removed, order kept."""
-        out = dict.fromkeys(self._digest(i, b"gw-quota-id", 16) for i in ids)
+        base = self._id
+        out: dict[bytes, None] = {}
+        for i in ids:
+            h = base.copy()
+            h.update(i.encode("utf-8", "surrogatepass"))
+            out[h.digest()] = None
         return list(out)
 
 
@@ -173,13 +220,16 @@ class Observation:
     ``used`` is after the call (tracked metrics only), ``added`` what the call
     itself added (nothing when blocked), ``reset_ms`` the time until the oldest
     counted entry leaves the window (metrics in use only), ``retry_ms`` the
-    wait for each metric that blocks the call.
+    wait for each metric that blocks the call, ``hold_ms`` the wait for each
+    metric that would block a pre-check made right after the call (see
+    "Holds" in the module docstring).
     """
 
     used: dict[str, int] = field(default_factory=dict)
     added: dict[str, int] = field(default_factory=dict)
     reset_ms: dict[str, int] = field(default_factory=dict)
     retry_ms: dict[str, int] = field(default_factory=dict)
+    hold_ms: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +244,7 @@ class QuotaUsage:
     crossed: tuple[str, ...]
     reset: Mapping[str, int]
     shared: bool
+    hold_ms: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def used_records(self) -> int | None:
@@ -257,6 +308,7 @@ def decide(
             tuple(sorted(crossed, key=METRICS.index)),
             {m: (seconds(ms) if ms > 0 else 0) for m, ms in o.reset_ms.items()},
             b.shared,
+            dict(o.hold_ms),
         )
         for m in METRICS:
             ms = o.retry_ms.get(m)

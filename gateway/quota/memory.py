@@ -8,9 +8,11 @@ O(entries expired + ids in the response), and the retry computation, only on a
 block, walks at most the entries that must expire.
 
 Decisions never await, so each call is atomic across all its quotas on the
-event loop. Times are integer milliseconds, like the Redis backend, and a
-window never goes back in time (a clock step backwards is clamped) so its logs
-stay sorted.
+event loop. Each decision also reports its holds (:meth:`Window.waits` on the
+state the call left, the pre-check's own test) and keeps them for ``held``, so
+the request path behaves exactly as with Redis, one process's worth. Times are
+integer milliseconds, like the Redis backend, and a window never goes back in
+time (a clock step backwards is clamped) so its logs stay sorted.
 
 Memory: with a ``max_*`` the log it limits holds at most ``max`` entries (a
 blocked or refused call adds nothing); a metric with only ``alert_*`` holds
@@ -36,6 +38,7 @@ from gateway.quota.engine import (
     to_ms,
     tracked,
 )
+from gateway.quota.holds import Holds
 from gateway.rules.model import Quota
 
 
@@ -90,6 +93,22 @@ class Window:
                 return ts + w
         raise AssertionError("k exceeds usage")  # pragma: no cover - callers check
 
+    def waits(self, q: Quota, now: int) -> dict[str, int]:
+        """What blocks a pre-check now: metric -> ms until it would pass.
+
+        One more request must fit ``max_requests``; records usage must be below
+        ``max_records``. ``max_distinct`` is not pre-checked (see the engine's rules).
+        """
+        w = q.window * 1000
+        lim = q.limits
+        out: dict[str, int] = {}
+        if "requests" in lim and len(self.requests) + 1 > lim["requests"]:
+            k = len(self.requests) + 1 - lim["requests"]
+            out["requests"] = self.requests[k - 1] + w - now
+        if "records" in lim and self.records >= lim["records"]:
+            out["records"] = self.records_free_at(self.records - lim["records"] + 1, w) - now
+        return out
+
     def observe(self, q: Quota, now: int) -> Observation:
         tr, td, tq = tracked(q)
         o = Observation()
@@ -113,17 +132,25 @@ class Window:
 class MemoryBackend:
     """Quota state in this process's memory (``state:`` absent)."""
 
+    # The store is this process: it never fails.
+    healthy = True
+
     def __init__(self, *, id_key: bytes = b"") -> None:
         self._keyer = Keyer(id_key)
         self._windows: OrderedDict[tuple[str, str], Window] = OrderedDict()
         self._spans: dict[tuple[str, str], int] = {}
+        self._holds = Holds()
 
     def __len__(self) -> int:
         """Buckets held (for tests and metrics)."""
         return len(self._windows)
 
+    @staticmethod
+    def _seconds(now: float | None) -> float:
+        return time.monotonic() if now is None else now
+
     def _ms(self, now: float | None) -> int:
-        return to_ms(time.monotonic() if now is None else now)
+        return to_ms(self._seconds(now))
 
     def _sweep(self, now: int) -> None:
         windows, spans = self._windows, self._spans
@@ -164,14 +191,7 @@ class MemoryBackend:
         obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
         blocked = False
         for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
-            w = q.window * 1000
-            lim = q.limits
-            if "requests" in lim and len(win.requests) + 1 > lim["requests"]:
-                k = len(win.requests) + 1 - lim["requests"]
-                o.retry_ms["requests"] = win.requests[k - 1] + w - t
-            if "records" in lim and win.records >= lim["records"]:
-                o.retry_ms["records"] = win.records_free_at(win.records - lim["records"] + 1, w) - t
-            # max_distinct is not pre-checked (see the engine's rules): re-reads stay possible.
+            o.retry_ms = win.waits(q, t)
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
             for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
@@ -180,7 +200,30 @@ class MemoryBackend:
                     o.added["requests"] = 1
                     o.used["requests"] += 1
                     o.reset_ms.setdefault("requests", q.window * 1000)
-        return decide(quotas, buckets, obs)
+        return self._learn(quotas, buckets, wins, times, obs, now)
+
+    def _learn(
+        self,
+        quotas: Sequence[Quota],
+        buckets: list[Bucket],
+        wins: list[Window],
+        times: list[int],
+        obs: list[Observation],
+        now: float | None,
+    ) -> Decision:
+        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+            o.hold_ms = win.waits(q, t)
+        decision = decide(quotas, buckets, obs)
+        self._holds.learn(quotas, buckets, decision, self._seconds(now))
+        return decision
+
+    def held(
+        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+    ) -> Decision | None:
+        if not quotas or not self._holds:
+            return None
+        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        return self._holds.check(quotas, buckets, self._seconds(now))
 
     async def account(
         self,
@@ -233,7 +276,7 @@ class MemoryBackend:
                     o.added["distinct"] = len(new)
                     o.used["distinct"] += len(new)
                     o.reset_ms["distinct"] = next(iter(win.ids.values())) + w - t
-        return decide(quotas, buckets, obs)
+        return self._learn(quotas, buckets, wins, times, obs, now)
 
     async def ping(self) -> None:
         return None
@@ -241,3 +284,4 @@ class MemoryBackend:
     async def close(self) -> None:
         self._windows.clear()
         self._spans.clear()
+        self._holds.clear()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.quota import KeyParts, QuotaBackend
+from gateway.quota import KeyParts, QuotaBackend, ratelimit_headers
 from gateway.rules.model import Quota
 
 ALICE = KeyParts("alice", "10.0.0.1", "customers")
@@ -209,3 +209,100 @@ async def test_backend_clock_when_no_time_given(backend: QuotaBackend) -> None:
     assert (d.allowed, d.quota, d.metric) == (False, "bulk", "records")
     assert 59 <= (d.retry_after or 0) <= 60
     await backend.ping()
+
+
+# Holds: what a backend tells the request path without asking the store again.
+
+
+async def test_a_caller_at_max_records_is_held_exactly_while_a_precheck_would_refuse(
+    backend: QuotaBackend,
+) -> None:
+    qs = (quota(max_records=5),)
+    await backend.account(qs, ALICE, 2, ["a", "b"], now=0)
+    assert backend.held(qs, ALICE, now=1) is None  # below the limit: nothing is held
+    assert (await backend.account(qs, ALICE, 3, ["c"], now=10)).allowed  # now at 5
+    held = backend.held(qs, ALICE, now=20)
+    assert held is not None
+    assert (held.allowed, held.quota, held.metric, held.retry_after) == (
+        False,
+        "bulk",
+        "records",
+        40,
+    )
+    assert held.usage["bulk"].used_records == 5
+    assert ratelimit_headers(held) == {
+        "RateLimit-Policy": '"bulk";q=5;w=60;qu="records"',
+        "RateLimit": '"bulk";r=0;t=40',
+    }
+    stored = await backend.precheck(qs, ALICE, now=20)  # the store says the same
+    assert (stored.allowed, stored.retry_after) == (False, 40)
+    assert backend.held(qs, ALICE, now=59.999) is not None
+    assert backend.held(qs, ALICE, now=60) is None  # the moment the first event leaves
+    assert (await backend.precheck(qs, ALICE, now=60)).allowed
+    assert backend.held((quota(max_records=6),), ALICE, now=20) is None  # another definition
+    assert backend.held(qs, KeyParts("bob", "10.0.0.1", "customers"), now=20) is None
+
+
+async def test_a_caller_out_of_requests_is_held(backend: QuotaBackend) -> None:
+    qs = (quota(max_requests=2, max_records=100),)
+    assert (await backend.precheck(qs, ALICE, now=0)).allowed
+    assert backend.held(qs, ALICE, now=1) is None
+    assert (await backend.precheck(qs, ALICE, now=5)).allowed  # the last request that fits
+    held = backend.held(qs, ALICE, now=7)
+    assert held is not None and (held.metric, held.retry_after) == ("requests", 53)
+    assert backend.held(qs, ALICE, now=60) is None
+    d = await backend.precheck(qs, ALICE, now=60)
+    assert d.allowed and d.usage["bulk"].used_requests == 2
+
+
+async def test_only_what_blocks_a_precheck_is_held(backend: QuotaBackend) -> None:
+    qs = (quota(max_records=5, max_distinct=1),)
+    await backend.account(qs, ALICE, 4, ["a"], now=0)
+    d = await backend.account(qs, ALICE, 2, ["a"], now=1)
+    assert (d.allowed, d.metric) == (False, "records")
+    # 4 of 5: a smaller response still fits, and max_distinct is decided on the response.
+    assert backend.held(qs, ALICE, now=2) is None
+    assert (await backend.account(qs, ALICE, 1, ["a"], now=3)).allowed
+    assert backend.held(qs, ALICE, now=4) is not None
+
+
+async def test_a_newer_answer_from_the_store_replaces_a_hold(backend: QuotaBackend) -> None:
+    qs = (quota(max_records=2),)
+    await backend.account(qs, ALICE, 2, [], now=0)
+    assert backend.held(qs, ALICE, now=1) is not None
+    raised = (quota(max_records=10),)  # a reload raised the limit
+    assert (await backend.account(raised, ALICE, 1, [], now=2)).allowed
+    assert backend.held(raised, ALICE, now=3) is None
+    assert backend.held(qs, ALICE, now=3) is None  # forgotten, not guessed
+
+
+async def test_an_undone_write_leaves_no_hold(backend: QuotaBackend) -> None:
+    qs = (
+        quota("ip", per="client_ip", max_records=3),
+        quota("sub", per="subject", max_records=2),
+    )
+    d = await backend.account(qs, ALICE, 3, ["x", "y", "z"], now=0)
+    assert (d.allowed, d.quota) == (False, "sub")
+    # The address quota would be at its max had the response been delivered; it was not.
+    assert backend.held(qs, ALICE, now=1) is None
+    assert (await backend.account(qs, ALICE, 2, [], now=2)).allowed
+    held = backend.held(qs, ALICE, now=3)
+    assert held is not None and held.quota == "sub" and set(held.usage) == {"sub"}
+
+
+async def test_reset_follows_the_oldest_entry_as_ids_are_seen_again(
+    backend: QuotaBackend,
+) -> None:
+    qs = (quota(window=60, max_records=100, max_distinct=100),)
+
+    async def reset(records: int, ids: list[str], now: float) -> dict[str, int]:
+        d = await backend.account(qs, ALICE, records, ids, now=now)
+        return dict(d.usage["bulk"].reset)
+
+    assert await reset(1, ["a"], 0) == {"records": 60, "distinct": 60}
+    assert await reset(1, ["b"], 10) == {"records": 50, "distinct": 50}
+    assert await reset(1, ["a"], 20) == {"records": 40, "distinct": 50}  # b is now the oldest
+    assert await reset(2, ["a", "b"], 30) == {"records": 30, "distinct": 60}  # all seen again
+    d = await backend.precheck(qs, ALICE, now=65)
+    assert dict(d.usage["bulk"].reset) == {"records": 5, "distinct": 25}
+    assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (4, 2)

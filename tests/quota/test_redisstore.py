@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from gateway.quota import KeyParts, RedisBackend, StateUnavailable
 from gateway.quota.engine import Keyer
+from gateway.quota.redisstore import REMOTE_MARGIN
 from gateway.rules.model import Quota
 
 ALICE = KeyParts("alice", "10.0.0.1", "customers")
@@ -139,3 +140,96 @@ async def test_server_time_is_used_when_no_time_is_given(
         await r.aclose()
     # The event carries the server's clock (ms), not a monotonic or caller time.
     assert abs(score - (server_s * 1000 + server_us // 1000)) < 2000
+
+
+async def _subscribers(url: str, channel: str, count: int) -> None:
+    """Wait until ``count`` backends listen on the holds channel."""
+    r: Any = aioredis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 5
+        while (await r.pubsub_numsub(channel))[0][1] < count:
+            assert time.monotonic() < deadline, "backends did not subscribe"
+            await asyncio.sleep(0.01)
+    finally:
+        await r.aclose()
+
+
+async def _eventually_held(
+    backend: RedisBackend, qs: tuple[Quota, ...], parts: KeyParts = ALICE
+) -> Any:
+    deadline = time.monotonic() + 5
+    while (held := backend.held(qs, parts)) is None:
+        assert time.monotonic() < deadline, "the hold was not announced"
+        await asyncio.sleep(0.01)
+    return held
+
+
+async def _listening(url: str, prefix: str, *backends: RedisBackend) -> None:
+    for b in backends:
+        await b.ping()  # a backend listens from its first call
+    await _subscribers(url, prefix + "holds", len(backends))
+
+
+async def test_holds_are_announced_to_the_other_processes(
+    make_redis: MakeRedis, redis_server: Any
+) -> None:
+    a, b = make_redis(prefix="ann:"), make_redis(prefix="ann:")
+    qs = (Quota("bulk", "subject", 3600, {}, {"records": 2}),)
+    await _listening(redis_server.url, "ann:", a, b)
+    assert (await a.account(qs, ALICE, 2, ["c1", "c2"])).allowed
+    held = await _eventually_held(b, qs)
+    assert (held.quota, held.metric, held.usage["bulk"].used_records) == ("bulk", "records", 2)
+    # Announced holds end a margin early; the caller's own process keeps the exact one.
+    assert 3600 - REMOTE_MARGIN - 1 <= (held.retry_after or 0) <= 3600 - REMOTE_MARGIN
+    own = a.held(qs, ALICE)
+    assert own is not None and own.retry_after == 3600
+    assert b.held(qs, KeyParts("bob", "10.0.0.1", "customers")) is None
+
+
+async def test_a_call_over_two_key_groups_announces_only_what_it_kept(
+    make_redis: MakeRedis, redis_server: Any
+) -> None:
+    a, b = make_redis(prefix="ann2:"), make_redis(prefix="ann2:")
+    ip = Quota("ip", "client_ip", 3600, {}, {"records": 2})
+    sub = Quota("sub", "subject", 3600, {}, {"records": 1})
+    await _listening(redis_server.url, "ann2:", a, b)
+    # The address group runs first and reaches its max; the subject group refuses
+    # (2 > 1), so the address group's write is undone and must not be announced.
+    d = await a.account((ip, sub), ALICE, 2, [])
+    assert (d.allowed, d.quota) == (False, "sub")
+    # A later announcement (the channel keeps order): once it has arrived, an
+    # announcement of the undone hold would have too.
+    assert (await a.account((sub,), ALICE, 1, [])).allowed
+    assert (await _eventually_held(b, (sub,))).quota == "sub"
+    assert b.held((ip,), ALICE) is None
+    # Both groups kept: the address group's hold travels with the subject group's call.
+    bob = KeyParts("bob", "10.0.0.9", "customers")
+    assert (await a.account((ip,), bob, 1, [])).allowed
+    assert (await a.account((ip, sub), bob, 1, [])).allowed
+    held = await _eventually_held(b, (ip, sub), bob)
+    assert set(held.usage) == {"ip", "sub"}
+
+
+async def test_announcements_resume_after_an_outage(make_redis: MakeRedis, own_redis: Any) -> None:
+    a, b = make_redis(own_redis.url, prefix="ann3:"), make_redis(own_redis.url, prefix="ann3:")
+    qs = (Quota("bulk", "subject", 3600, {}, {"records": 1}),)
+    await _listening(own_redis.url, "ann3:", a, b)
+    own_redis.stop()
+    own_redis.start()  # same port, empty
+    await _subscribers(own_redis.url, "ann3:holds", 2)  # both listen again by themselves
+    assert (await a.account(qs, ALICE, 1, ["c1"])).allowed
+    assert (await _eventually_held(b, qs)).quota == "bulk"
+
+
+async def test_holds_shorter_than_the_margin_are_not_announced(
+    make_redis: MakeRedis, redis_server: Any
+) -> None:
+    a, b = make_redis(prefix="ann4:"), make_redis(prefix="ann4:")
+    paced = Quota("paced", "subject", 1, {}, {"requests": 1})  # a one-second window
+    bulk = Quota("bulk", "subject", 3600, {}, {"records": 1})
+    await _listening(redis_server.url, "ann4:", a, b)
+    assert (await a.precheck((paced,), ALICE)).allowed
+    assert a.held((paced,), ALICE) is not None  # held here, exactly
+    assert (await a.account((bulk,), ALICE, 1, [])).allowed  # a later, long hold
+    await _eventually_held(b, (bulk,))
+    assert b.held((paced,), ALICE) is None
