@@ -320,15 +320,16 @@ def _gateway_yaml(tmp: Path, mode: str, port: int, up: int, pub: Path, redis: st
 
 
 @contextmanager
-def _redis() -> Iterator[str | None]:
-    """A private redis-server for the run (None when the binary is missing)."""
+def _redis(pin: list[str]) -> Iterator[str | None]:
+    """A private redis-server for the run (None when the binary is missing), pinned with
+    the load generator: it stands for a separate server, not for the gateway's core."""
     binary = shutil.which("redis-server")
     if binary is None:
         yield None
         return
     port = _free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with _process(args, port):
+    with _process([*pin, *args], port):
         yield f"redis://127.0.0.1:{port}/0"
 
 
@@ -341,7 +342,11 @@ def bench(seconds: float, conns: int, stream_mb: float) -> dict[str, Any]:
     results: dict[str, Any] = {"rows": [], "generator": "wrk" if shutil.which("wrk") else "python"}
     up_port = _free_port()
     upstream = [*other_pin, py, "-m", "gateway.bench", "--serve-upstream", str(up_port)]
-    with tempfile.TemporaryDirectory() as td, _process(upstream, up_port), _redis() as redis:
+    with (
+        tempfile.TemporaryDirectory() as td,
+        _process(upstream, up_port),
+        _redis(other_pin) as redis,
+    ):
         tmp = Path(td)
         pub, token = _keys(tmp)
         for mode in MODES:
