@@ -118,6 +118,9 @@ def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
     return headers
 
 
+# Routes without a policy relay bodies up to this size (known length) in one write.
+SMALL_BODY = 64 * 1024
+
 POLICY_STRIPPED_REQUEST_HEADERS = (
     "Range",
     "If-Range",
@@ -194,6 +197,26 @@ async def _relay(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamRe
     )
     headers.popall("Content-Length", None)
     headers[ex.runtime.config.request_id_header] = ex.request_id
+    length = upstream.content_length
+    if (
+        length is not None
+        and length <= SMALL_BODY
+        and ex.request.method != "HEAD"
+        and "Transfer-Encoding" not in upstream.headers
+    ):
+        # A small body of known length: read it, answer in one write (headers and
+        # body together) instead of three; nothing is sent before it is complete.
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "upstream %s failed mid-body: %s", ex.route.upstream.name, type(exc).__name__
+            )
+            ex.deny("upstream_error", "upstream_body_failed")
+            return problem(502, ex.request_id, "The upstream service is unavailable.")
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=body
+        )
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
         resp.content_length = upstream.content_length

@@ -35,6 +35,7 @@ class Echo:
         self.app.router.add_route("*", "/big", self.big)
         self.app.router.add_route("*", "/gzip", self.gz)
         self.app.router.add_route("*", "/broken", self.broken)
+        self.app.router.add_route("*", "/short", self.short)
         self.app.router.add_route("*", "/nocontent", self.nocontent)
         self.app.router.add_route("*", "/{tail:.*}", self.echo)
 
@@ -100,6 +101,17 @@ class Echo:
         request.transport.close()
         return resp
 
+    async def short(self, request: web.Request) -> web.StreamResponse:
+        """A small body of declared length, cut short."""
+        self.record(request)
+        resp = web.StreamResponse()
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b"y" * 100)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
     async def nocontent(self, request: web.Request) -> web.Response:
         self.record(request)
         return web.Response(status=204)
@@ -123,6 +135,7 @@ async def echo_gateway(
             {"name": "big", "path": "/big", "upstream": "app"},
             {"name": "gzip", "path": "/gzip", "upstream": "app"},
             {"name": "broken", "path": "/broken", "upstream": "app"},
+            {"name": "short", "path": "/short", "upstream": "app"},
             {"name": "nocontent", "path": "/nocontent", "upstream": "app"},
         ],
         limits={"max_request_body": 1024},
@@ -392,6 +405,26 @@ async def test_upstream_dying_mid_body_aborts_the_client_connection(
     with pytest.raises(aiohttp.ClientPayloadError):
         async with client.get(gw + "/broken") as resp:
             await resp.read()
+
+
+async def test_small_body_cut_short_is_a_502_never_a_short_200(
+    echo_gateway: tuple[Echo, str], client: aiohttp.ClientSession
+) -> None:
+    _, gw = echo_gateway
+    async with client.get(gw + "/short") as resp:
+        assert resp.status == 502  # read whole before anything is sent
+        assert b"yyyy" not in await resp.read()
+
+
+async def test_small_body_is_relayed_whole_with_its_length(
+    echo_gateway: tuple[Echo, str], client: aiohttp.ClientSession
+) -> None:
+    _, gw = echo_gateway
+    async with client.get(gw + "/api/x") as resp:
+        body = await resp.read()
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(len(body))
+        assert "Transfer-Encoding" not in resp.headers
 
 
 async def test_head_and_204_have_no_body(
