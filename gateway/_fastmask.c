@@ -421,9 +421,19 @@ static int scan_string(Ctx *c, int *esc) {
             }
             continue;
         }
-        int k = utf8_seq(s + i, n - i);
-        if (k == 0) return DECLINE;
-        i += k;
+        /* a run of non-ASCII characters (Chinese text): validate it in one go */
+        do {
+            unsigned char b = s[i];
+            /* three-byte sequences without the E0/ED special cases (all of CJK) */
+            if (b >= 0xE1 && b != 0xED && b <= 0xEF && i + 2 < n && (s[i + 1] & 0xC0) == 0x80 &&
+                (s[i + 2] & 0xC0) == 0x80) {
+                i += 3;
+                continue;
+            }
+            int k = utf8_seq(s + i, n - i);
+            if (k == 0) return DECLINE;
+            i += k;
+        } while (i < n && s[i] >= 0x80);
     }
     *esc = e;
     c->i = i + 1;
