@@ -399,6 +399,25 @@ async def test_two_workers_share_one_quota_through_redis(
         await runner.cleanup()
 
 
+async def serve_fails(cfg: Path, tmp_path: Path, within: float) -> bytes:
+    """Run `gateway serve` expecting it to fail its start: exit 1, no run directory left;
+    returns its stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "-c",
+        str(cfg),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), within)
+    assert proc.returncode == 1
+    assert not run_dirs(tmp_path)
+    return err
+
+
 async def test_a_port_in_use_fails_the_start(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -412,20 +431,8 @@ async def test_a_port_in_use_fails_the_start(tmp_path: Path) -> None:
             free_port(),
             "routes: [{name: a, path: /a, upstream: u, auth: none}]\n",
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "-c",
-            str(cfg),
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "TMPDIR": str(tmp_path)},
-        )
-        _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 1
+        err = await serve_fails(cfg, tmp_path, 20)
     assert b"cannot listen" in err
-    assert not run_dirs(tmp_path)
 
 
 async def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> None:
@@ -440,20 +447,8 @@ async def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> Non
         "routes: [{name: a, path: /a, upstream: u, auth: none}]\n"
         "tls: {cert_file: bad.pem, key_file: bad.pem}\n",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "-c",
-        str(cfg),
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
+    err = await serve_fails(cfg, tmp_path, 30)
     assert b"exited during start-up" in err
-    assert not run_dirs(tmp_path)
 
 
 # --- configuration ----------------------------------------------------------------------
