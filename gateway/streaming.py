@@ -236,9 +236,14 @@ class RecordStream:
                 span = self._value(final)
                 if span is None:
                     break
-                name = bytes(buf[span[0] + 1 : span[1] - 1])
+                token = bytes(buf[span[0] : span[1]])
+                name = token[1:-1]
                 if b"\\" in name or name in self._names:
                     raise StreamError("ambiguous_name")  # escaped or duplicate member name
+                # value_end only found the quotes: the name is written out as it came, so
+                # it must be a valid JSON string (UTF-8, no control characters) first.
+                if fm.mask(self._prog, None, None, token, 1, Number, -1, -1, False) is None:
+                    raise StreamError("invalid_json")
                 # ':' and the start of the value must be here too
                 after = span[1]
                 while after < len(buf) and buf[after] in _WS:

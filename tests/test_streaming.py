@@ -100,6 +100,9 @@ def test_records_key() -> None:
         (b'{"p\\u0061ge":1,"data":[]}', "ambiguous_name"),
         (b'{"data":[{"id":1}] "x":1}', "invalid_json"),
         (b'{"data":["\xff"]}', "invalid_json"),
+        (b'{"p\xffge":1,"data":[]}', "invalid_json"),  # names go out as they came: checked
+        (b'{"p\tge":1,"data":[]}', "invalid_json"),
+        (b'{"p\xed\xa0\x80":1,"data":[]}', "invalid_json"),
     ],
 )
 def test_what_cannot_be_masked_stops_the_stream(shipped: RuleSet, body: bytes, reason: str) -> None:
