@@ -89,7 +89,7 @@ class RecordStream:
         self._plan = plan
         self._prog = plan.native
         self._rec = spec.native
-        self._id_key = spec.id_key.encode("utf-8", "surrogatepass")
+        self._id_key = spec.id_bytes
         self._key: bytes | None = key  # type: ignore[assignment]
         self._max_value = max_value
         self._allow = plan.allowlist

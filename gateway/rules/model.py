@@ -150,11 +150,14 @@ class RecordSpec:
     id_key: str
     # The path compiled for the native pass (gateway.rules.native); None: reference only.
     native: Any = field(default=None, compare=False, repr=False)
+    # id_key as the native pass compares it with member names (raw UTF-8).
+    id_bytes: bytes = field(default=b"", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         from gateway.rules.native import compile_records  # native imports this module
 
         object.__setattr__(self, "native", compile_records(self.path))
+        object.__setattr__(self, "id_bytes", self.id_key.encode("utf-8", "surrogatepass"))
 
     def extract(self, document: Any) -> Records:
         # A record is a JSON object: `$.data[*]` applied to a single-record body

@@ -83,7 +83,7 @@ class Plan:
         if spec is not None:
             if spec.native is None:
                 return None
-            rec_program, id_key = spec.native, spec.id_key.encode("utf-8", "surrogatepass")
+            rec_program, id_key = spec.native, spec.id_bytes
         got = native_mask(self.native, rec_program, id_key, body, max_depth)
         if got is None:
             return None
