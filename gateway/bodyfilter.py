@@ -202,8 +202,9 @@ async def filter_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web
         return _fail(ex, exc.reason)
     if masked is None:
         return _fail(ex, "policy_unavailable")
-    refusal = await account(ex)
+    refusal = await account(ex, ex.records, ex.entities)
     if refusal is not None:
+        ex.records, ex.entities = 0, []  # refused: the caller receives none of them
         return refusal
     return _respond(ex, upstream, masked)
 
@@ -225,8 +226,7 @@ async def _stream(
         nonlocal resp, records
         n, ids = stream.take_records()
         if n or ids:
-            ex.records, ex.entities = n, ids
-            refusal = await account(ex)
+            refusal = await account(ex, n, ids)
             if refusal is not None:
                 if resp is None:
                     return refusal  # nothing sent yet: the usual 429

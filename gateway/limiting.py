@@ -53,6 +53,7 @@ Recovery needs no restart.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -158,8 +159,10 @@ async def limit(ex: Exchange, call_next: Handler) -> web.StreamResponse:
     return await call_next(ex)
 
 
-async def account(ex: Exchange) -> web.Response | None:
-    """Count a masked response before it is sent; a refusal replaces it (None: send it).
+async def account(ex: Exchange, records: int, ids: Sequence[str]) -> web.Response | None:
+    """Count ``records`` (with these customer ``ids``) before they are sent; a refusal
+    replaces them (None: send them). A buffered response is accounted whole; a
+    streamed one part by part (:mod:`gateway.bodyfilter`).
 
     An empty response still makes the call when nothing was asked of the store
     before the upstream: it reports usage (audit, RateLimit headers) and teaches
@@ -168,14 +171,13 @@ async def account(ex: Exchange) -> web.Response | None:
     quotas = quotas_of(ex)
     if not quotas or not counts_responses(quotas):
         return None  # nothing to count, and the pre-check has reported usage
-    if ex.records == 0 and not ex.entities and (ex.quota or ex.state_failed):
+    if records == 0 and not ids and (ex.quota or ex.state_failed):
         return None
     try:
-        decision = await ex.runtime.state.account(quotas, _parts(ex), ex.records, ex.entities)
+        decision = await ex.runtime.state.account(quotas, _parts(ex), records, ids)
     except StateUnavailable:
         return _unavailable(ex)
     _record(ex, decision)
     if not decision.allowed:
-        ex.records, ex.entities = 0, []
         return _blocked(ex, decision)
     return None
