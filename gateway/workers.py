@@ -10,7 +10,7 @@ Theory of operation
 - **Listeners.** For each worker *slot* the supervisor binds the ``listen``
   address with ``SO_REUSEPORT`` (a bind error is reported before any worker
   starts; port 0 is resolved once and every slot then binds that port), hands
-  the listening socket to a fresh interpreter (``python -m gateway.workers``,
+  the listening socket to a fresh interpreter (``python -m gateway.worker``,
   ``pass_fds``) and closes its own copy. The kernel spreads new connections
   over the workers' sockets; a worker that dies takes only its socket with it,
   so new connections go to the live workers until its replacement binds again.
@@ -39,7 +39,7 @@ Theory of operation
   the totals so nothing goes backwards; gauges are ``livemin``/``livemax``
   over live workers); ``/healthz`` lists the workers (slot, pid, ready,
   restarts); ``/readyz`` is ready when every slot has a ready worker and no
-  worker reports a failing check (polled every :data:`POLL_INTERVAL`);
+  worker reports a failing check (polled every ``fleet.POLL_INTERVAL``);
   ``POST /admin/reload`` reloads every worker and answers with each one's
   result; ``/admin/audit/stream`` merges the workers' streams, relayed only
   while someone listens.
@@ -55,7 +55,6 @@ state when a served policy has quotas.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -68,37 +67,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from gateway import metrics
 from gateway.admin import create_admin_app
-from gateway.audit.broadcast import AuditBroadcaster
 from gateway.config import Config, parse_listen
+from gateway.fleet import Fleet, Slot
+from gateway.worker import CONTROL_TOKEN_ENV, READY_MARK
 
 log = logging.getLogger("gateway.workers")
 
-#: Environment variable carrying the supervisor's control token to its workers.
-CONTROL_TOKEN_ENV: Final = "GATEWAY_CONTROL_TOKEN"
-READY_MARK: Final = b"ready\n"
 #: A worker that lived this long is restarted without delay.
 STABLE_AFTER: Final = 10.0
 RESTART_DELAY_MIN: Final = 0.5
 RESTART_DELAY_MAX: Final = 10.0
 #: How long a starting worker may take to report ready.
 START_TIMEOUT: Final = 60.0
-#: Workers' readiness is asked this often.
-POLL_INTERVAL: Final = 1.0
 #: Past ``limits.shutdown_timeout``, how long a draining worker has before SIGKILL.
 KILL_MARGIN: Final = 5.0
-RELOAD_TIMEOUT: Final = 60.0
-_BASE: Final = "http://worker"
 _MAX_PENDING_LINE: Final = 16 * 1024 * 1024
 
 
@@ -139,25 +130,6 @@ def bind_listeners(
     return socks
 
 
-@dataclass(eq=False)
-class Slot:
-    """One worker position: the process filling it now and its history."""
-
-    index: int
-    proc: asyncio.subprocess.Process | None = None
-    pid: int | None = None
-    started: float = 0.0
-    ready: bool = False
-    failing: list[str] = field(default_factory=list)
-    restarts: int = 0
-    quick_deaths: int = 0
-    session: aiohttp.ClientSession | None = None  # to the worker's control socket
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-
 class Supervisor:
     def __init__(self, config: Config, config_path: str, *, verbose: bool = False) -> None:
         self.config = config
@@ -176,11 +148,12 @@ class Supervisor:
         self.starting = True
         self.stopping = False
         self.exit_codes: dict[int, int] = {}  # pid -> code, for workers that exited while stopping
-        self.broadcaster = AuditBroadcaster()
         self._admin: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._out_lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        # The admin listener's answers, from the workers (gateway.fleet).
+        self.fleet = Fleet(self.slots, self.token, self.metrics_dir, self._stop)
         self._failed: asyncio.Future[str] | None = None
 
     # --- worker processes ---------------------------------------------------------
@@ -203,7 +176,7 @@ class Supervisor:
         args = [
             sys.executable,
             "-m",
-            "gateway.workers",
+            "gateway.worker",
             "-c",
             self.config_path,
             "--slot",
@@ -337,122 +310,6 @@ class Supervisor:
             except OSError as exc:  # stdout closed: the workers' sinks will count drops
                 log.error("cannot write to standard output: %s", exc)
 
-    # --- admin: metrics, health, readiness, reload, audit stream ---------------------
-
-    def metrics_body(self) -> bytes:
-        return metrics.merged_body(str(self.metrics_dir))
-
-    def health(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "workers": [
-                {
-                    "slot": s.index,
-                    "pid": s.pid if s.alive else None,
-                    "ready": s.alive and s.ready,
-                    "restarts": s.restarts,
-                }
-                for s in self.slots
-            ],
-        }
-
-    def readiness(self) -> tuple[bool, list[str]]:
-        failing: set[str] = set()
-        if self.stopping:
-            failing.add("draining")
-        for s in self.slots:
-            if not (s.alive and s.ready):
-                failing.add("workers")
-            failing.update(s.failing)
-        return not failing, sorted(failing)
-
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    async def _poll_readiness(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=POLL_INTERVAL)
-        while not self.stopping:
-            for s in self.slots:
-                if not (s.alive and s.ready and s.session is not None):
-                    continue
-                try:
-                    async with s.session.get(_BASE + "/readyz", timeout=timeout) as resp:
-                        body = await resp.json()
-                    failing = [] if resp.status == 200 else list(body.get("failing", []))
-                except (aiohttp.ClientError, TimeoutError, ValueError):
-                    failing = ["workers"]  # the worker does not answer its supervisor
-                if failing != s.failing and s.alive:
-                    log.info("worker %d readiness: %s", s.index, ", ".join(failing) or "ready")
-                s.failing = failing
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), POLL_INTERVAL)
-
-    async def _reload_slot(self, s: Slot) -> dict[str, Any]:
-        entry: dict[str, Any] = {"slot": s.index, "pid": s.pid}
-        if not (s.alive and s.ready and s.session is not None):
-            # A worker that is (re)starting reads the files as they are now.
-            return {**entry, "status": None, "state": "starting"}
-        try:
-            async with s.session.post(
-                _BASE + "/admin/reload",
-                headers=self._auth(),
-                timeout=aiohttp.ClientTimeout(total=RELOAD_TIMEOUT),
-            ) as resp:
-                body = await resp.json()
-                return {**entry, "status": resp.status, **body}
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            why = f"worker did not answer: {type(exc).__name__}"
-            return {**entry, "status": 502, "errors": [why]}
-
-    async def reload(self) -> tuple[int, dict[str, Any]]:
-        """Reload every worker; 200 only when every running worker reloaded."""
-        results = await asyncio.gather(*(self._reload_slot(s) for s in self.slots))
-        answered = [r for r in results if r["status"] is not None]
-        if not answered:
-            return 503, {"errors": ["no worker is running"], "workers": results}
-        failed = [r for r in answered if r["status"] != 200]
-        if failed:
-            first = failed[0]
-            body = {k: v for k, v in first.items() if k not in ("slot", "pid", "status")}
-            log.error("reload failed on %d of %d workers", len(failed), len(answered))
-            return int(first["status"]), {**body, "workers": results}
-        versions = sorted({str(r["version"]) for r in answered})
-        restart = sorted({k for r in answered for k in r.get("restart_required", [])})
-        log.info("reloaded %d workers: rules version %s", len(answered), ", ".join(versions))
-        return 200, {
-            "version": versions[0] if len(versions) == 1 else versions,
-            "restart_required": restart,
-            "workers": results,
-        }
-
-    async def _relay_audit(self, s: Slot) -> None:
-        """While someone follows the supervisor's audit stream, follow this worker's."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=10)
-        while not self.stopping:
-            if self.broadcaster.subscribers == 0 or not (s.alive and s.ready):
-                await asyncio.sleep(0.2)
-                continue
-            assert s.session is not None
-            try:
-                async with s.session.get(
-                    _BASE + "/admin/audit/stream", headers=self._auth(), timeout=timeout
-                ) as resp:
-                    if resp.status != 200:
-                        raise aiohttp.ClientError(f"status {resp.status}")
-                    event = b""
-                    async for raw in resp.content:
-                        line = raw.rstrip(b"\r\n")
-                        if line.startswith(b"event: "):
-                            event = line[7:]
-                        elif line.startswith(b"data: ") and event == b"audit":
-                            self.broadcaster.publish(orjson.loads(line[6:]))
-                        elif line.startswith(b"data: ") and event == b"dropped":
-                            self.broadcaster.note_dropped(int(line[6:]))
-                        if self.broadcaster.subscribers == 0 or self.stopping:
-                            break
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                await asyncio.sleep(0.5)
-
     async def _start_admin(self) -> None:
         cfg = self.config
         if cfg.admin_listen is None:
@@ -460,11 +317,11 @@ class Supervisor:
         token = os.environ.get(cfg.admin_token_env) if cfg.admin_token_env else None
         app = create_admin_app(
             token=token,
-            metrics_body=self.metrics_body,
-            ready=self.readiness,
-            reload=self.reload,
-            audit_broadcast=self.broadcaster,
-            health=self.health,
+            metrics_body=self.fleet.metrics_body,
+            ready=self.fleet.readiness,
+            reload=self.fleet.reload,
+            audit_broadcast=self.fleet.broadcaster,
+            health=self.fleet.health,
         )
         self._admin = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._admin.setup()
@@ -499,7 +356,7 @@ class Supervisor:
             return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_task(self.fleet.reload()))
         slot_tasks = [self._spawn_task(self._run_slot(s)) for s in self.slots]
         code = 0
         try:
@@ -511,9 +368,9 @@ class Supervisor:
                 code = 1
             else:
                 self.starting = False
-                self._spawn_task(self._poll_readiness())
+                self._spawn_task(self.fleet.poll_readiness())
                 for s in self.slots:
-                    self._spawn_task(self._relay_audit(s))
+                    self._spawn_task(self.fleet.relay_audit(s))
                 for host, port in self.addresses:
                     log.info("listening on %s:%s with %d workers", host, port, len(self.slots))
                 await self._stop.wait()
@@ -601,86 +458,3 @@ def _read_and_close(fd: int) -> bytes:
         return os.read(fd, 64)
     finally:
         os.close(fd)
-
-
-# --- the worker process ---------------------------------------------------------------
-
-
-async def _serve_worker(
-    config: Config,
-    compiled: Any,
-    sockets: Sequence[socket.socket],
-    control: tuple[str, str],
-    ready_fd: int,
-    parent: int,
-) -> None:
-    from gateway.control import reload
-    from gateway.server import Gateway
-
-    gateway = Gateway(config, compiled)
-    await gateway.start(sockets=sockets, control=control)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(gateway)))
-    os.write(ready_fd, READY_MARK)
-    os.close(ready_fd)
-
-    async def orphaned() -> None:
-        while not stop.is_set():
-            if os.getppid() != parent:
-                log.warning("the supervisor is gone: draining")
-                stop.set()
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-
-    watch = asyncio.create_task(orphaned())
-    try:
-        await stop.wait()
-    finally:
-        watch.cancel()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await gateway.stop()
-
-
-def worker_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of one worker (started by the supervisor, never by hand)."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.workers")
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("--slot", type=int, required=True)
-    parser.add_argument("--listen-fd", type=int, action="append", required=True)
-    parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument("--control", required=True)
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"%(asctime)s %(levelname)s %(name)s [worker {args.slot} pid %(process)d]: "
-        "%(message)s",
-        stream=sys.stderr,
-    )
-    token = os.environ.pop(CONTROL_TOKEN_ENV, "")
-    if not token:
-        print("error: python -m gateway.workers is started by `gateway serve`", file=sys.stderr)
-        return 2
-    from gateway.cli import load_all, run_loop
-
-    loaded = load_all(args.config)
-    if loaded is None:
-        return 1
-    config, compiled = loaded
-    sockets = [socket.socket(fileno=fd) for fd in args.listen_fd]
-    run_loop(
-        lambda: _serve_worker(
-            config, compiled, sockets, (args.control, token), args.ready_fd, args.parent
-        )
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())
