@@ -107,7 +107,14 @@ async def until(check: Callable[[], Any], gw: Served | None = None, within: floa
         await asyncio.sleep(0.1)
 
 
-def write_config(path: Path, upstream: str, port: int, admin: int, extra: str = "") -> None:
+def write_config(
+    tmp_path: Path, upstream: str, extra: str = "", port: int | None = None
+) -> tuple[Path, int, int]:
+    """A `workers: 2` gateway.yaml in tmp_path on free ports (or the given listen
+    port): the path, the listen port and the admin port."""
+    port = free_port() if port is None else port
+    admin = free_port()
+    path = tmp_path / "gateway.yaml"
     path.write_text(
         f"listen: 127.0.0.1:{port}\n"
         "workers: 2\n"
@@ -117,6 +124,7 @@ def write_config(path: Path, upstream: str, port: int, admin: int, extra: str = 
         "limits: {shutdown_timeout: 10}\n" + extra,
         encoding="utf-8",
     )
+    return path, port, admin
 
 
 async def start_served(
@@ -196,13 +204,9 @@ async def test_two_workers_share_the_port_metrics_reload_and_restart(
     app = web.Application()
     app.router.add_get("/{tail:.*}", hello)
     runner, up = await start_app(app)
-    port, admin = free_port(), free_port()
-    cfg = tmp_path / "gateway.yaml"
-    write_config(
-        cfg,
+    cfg, port, admin = write_config(
+        tmp_path,
         up,
-        port,
-        admin,
         "routes: [{name: hello, path: '/hello/**', upstream: u, auth: none}]\naudit: [stdout]\n",
     )
     try:
@@ -331,10 +335,10 @@ async def test_sigterm_drains_in_flight_requests_in_every_worker(
     app = web.Application()
     app.router.add_get("/slow", slow)
     runner, up = await start_app(app)
-    port, admin = free_port(), free_port()
-    cfg = tmp_path / "gateway.yaml"
-    write_config(
-        cfg, up, port, admin, "routes: [{name: a, path: /slow, upstream: u, auth: none}]\n"
+    cfg, port, admin = write_config(
+        tmp_path,
+        up,
+        "routes: [{name: a, path: /slow, upstream: u, auth: none}]\n",
     )
     try:
         gw = await start_served(served_procs, tmp_path, cfg, port, admin)
@@ -373,13 +377,9 @@ async def test_two_workers_share_one_quota_through_redis(
         'records: {path: "$.data[*]", id: id}\n'
         f"quotas: [{{name: {quota}, per: client_ip, window: 1h, max_requests: 5}}]\n"
     )
-    port, admin = free_port(), free_port()
-    cfg = tmp_path / "gateway.yaml"
-    write_config(
-        cfg,
+    cfg, port, admin = write_config(
+        tmp_path,
         up,
-        port,
-        admin,
         "routes: [{name: c, path: /c, upstream: u, auth: none, policy: customer}]\n"
         "rules: rules\n"
         f"state: {{redis: '{redis_server.url}'}}\n",
@@ -423,13 +423,11 @@ async def test_a_port_in_use_fails_the_start(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cfg = tmp_path / "gateway.yaml"
-        write_config(
-            cfg,
+        cfg, _, _ = write_config(
+            tmp_path,
             "http://127.0.0.1:9",
-            port,
-            free_port(),
             "routes: [{name: a, path: /a, upstream: u, auth: none}]\n",
+            port=port,
         )
         err = await serve_fails(cfg, tmp_path, 20)
     assert b"cannot listen" in err
@@ -438,12 +436,9 @@ async def test_a_port_in_use_fails_the_start(tmp_path: Path) -> None:
 async def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> None:
     # The files exist (config check passes) but are no certificate: each worker fails.
     (tmp_path / "bad.pem").write_text("not a certificate\n")
-    cfg = tmp_path / "gateway.yaml"
-    write_config(
-        cfg,
+    cfg, _, _ = write_config(
+        tmp_path,
         "http://127.0.0.1:9",
-        free_port(),
-        free_port(),
         "routes: [{name: a, path: /a, upstream: u, auth: none}]\n"
         "tls: {cert_file: bad.pem, key_file: bad.pem}\n",
     )

@@ -23,12 +23,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from gateway.auth.config import AuthConfig
-from gateway.auth.verify import Authenticator
+from gateway.auth.verify import REASONS, Authenticator, AuthError
 
 LEVELS = ["public", "internal", "confidential", "secret"]
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "customer-gateway"
 T0 = 1_700_000_000.0
+# An HMAC secret for HS256 issuers in tests.
+SECRET = b"s" * 20 + b"0123456789abcdefghijklmnopqrstuv"
+Claims = Callable[..., dict[str, Any]]
 
 
 def b64url(data: bytes) -> str:
@@ -306,3 +309,23 @@ def as_header() -> Callable[[str], list[str]]:
 @pytest.fixture
 def forge_token() -> Callable[..., str]:
     return forge
+
+
+async def reason_of(auth: Authenticator, values: list[str]) -> str:
+    with pytest.raises(AuthError) as info:
+        await auth.authenticate(values)
+    err = info.value
+    # Nothing from the request is ever echoed: only the fixed description.
+    assert str(err) == REASONS[err.reason].description
+    for v in values:
+        for part in v.split():
+            if len(part) > 8:
+                assert part not in str(err)
+                assert part not in (err.www_authenticate or "")
+    return err.reason
+
+
+@pytest.fixture
+async def auth(make_auth: Any, jwks_server: Any, issuer_for: Any) -> Authenticator:
+    a: Authenticator = make_auth([issuer_for(jwks_server.url)])
+    return a
