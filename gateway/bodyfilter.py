@@ -46,6 +46,7 @@ from gateway.jsoncodec import JsonError
 from gateway.limiting import account
 from gateway.problem import problem
 from gateway.streaming import NotStreamable, RecordStream, StreamError
+from gateway.upstream import UpstreamResponse
 
 log = logging.getLogger("gateway.bodyfilter")
 
@@ -91,14 +92,14 @@ def is_json(kind: str, params: dict[str, str]) -> bool:
     return params.get("charset", "utf-8") in ("utf-8", "utf8")
 
 
-async def read_capped(upstream: aiohttp.ClientResponse, cap: int, head: bytes = b"") -> bytes:
+async def read_capped(upstream: UpstreamResponse, cap: int, head: bytes = b"") -> bytes:
     """The whole body (``head``: what was read of it already), or FailClosed."""
     if upstream.content_length is not None and upstream.content_length > cap:
         raise FailClosed("too_large")
     chunks: list[bytes] = [head]
     size = len(head)
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_any():
             size += len(chunk)
             if size > cap:
                 raise FailClosed("too_large")
@@ -116,7 +117,7 @@ def _fail(ex: Exchange, reason: str, status: int = 502) -> web.Response:
     return problem(status, ex.request_id, _GENERIC)
 
 
-async def read_head(upstream: aiohttp.ClientResponse, size: int) -> tuple[list[bytes], bool]:
+async def read_head(upstream: UpstreamResponse, size: int) -> tuple[list[bytes], bool]:
     """More than ``size`` bytes of the body as read (or all of it); True when that is all.
 
     Kept as the chunks read, so a body that goes on to stream is never held twice.
@@ -125,7 +126,7 @@ async def read_head(upstream: aiohttp.ClientResponse, size: int) -> tuple[list[b
     got = 0
     try:
         while got <= size:
-            chunk = await upstream.content.readany()
+            chunk = await upstream.readany()
             if not chunk:
                 return chunks, True
             chunks.append(chunk)
@@ -137,7 +138,7 @@ async def read_head(upstream: aiohttp.ClientResponse, size: int) -> tuple[list[b
     return chunks, False
 
 
-def _streamer(ex: Exchange, upstream: aiohttp.ClientResponse) -> RecordStream | None:
+def _streamer(ex: Exchange, upstream: UpstreamResponse) -> RecordStream | None:
     """A record stream when this response may be masked record by record (module docs)."""
     assert ex.route is not None and ex.route.policy is not None
     limits = ex.runtime.config.limits
@@ -160,7 +161,7 @@ def _streamer(ex: Exchange, upstream: aiohttp.ClientResponse) -> RecordStream | 
         return None
 
 
-async def filter_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def filter_response(ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
     assert ex.route is not None
     limits = ex.runtime.config.limits
     if upstream.status == 206:
@@ -215,7 +216,7 @@ class _Abort(Exception):
 
 
 async def _stream(
-    ex: Exchange, upstream: aiohttp.ClientResponse, stream: RecordStream, head: list[bytes]
+    ex: Exchange, upstream: UpstreamResponse, stream: RecordStream, head: list[bytes]
 ) -> web.StreamResponse:
     """Mask record by record (gateway.streaming); account each part before sending it."""
     resp: web.StreamResponse | None = None
@@ -255,7 +256,7 @@ async def _stream(
             head.pop(0)
             if refusal is not None:
                 return refusal
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_any():
             refusal = await emit(stream.feed(chunk))
             if refusal is not None:
                 return refusal
@@ -278,7 +279,7 @@ async def _stream(
     return resp
 
 
-def _stream_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+def _stream_response(ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
     assert ex.route is not None
     headers = client_response_headers(
         upstream.headers,
@@ -296,7 +297,7 @@ def _stream_response(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.Stre
 
 
 def _respond(
-    ex: Exchange, upstream: aiohttp.ClientResponse, body: bytes, *, keep_encoding: bool = False
+    ex: Exchange, upstream: UpstreamResponse, body: bytes, *, keep_encoding: bool = False
 ) -> web.Response:
     assert ex.route is not None
     drop = [h for h in _DROPPED_RESPONSE_HEADERS if not (keep_encoding and h == "Content-Encoding")]

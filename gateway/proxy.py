@@ -29,11 +29,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.exchange import Exchange
 from gateway.headers import client_response_headers, upstream_request_headers
 from gateway.problem import problem
+from gateway.upstream import UpstreamResponse
 
 log = logging.getLogger("gateway.proxy")
 
@@ -46,17 +46,11 @@ class BodyTimeout(Exception):
     pass
 
 
-def upstream_url(ex: Exchange) -> URL:
+def upstream_target(ex: Exchange) -> str:
+    """The request target sent upstream: base path + normalised path + raw query."""
     assert ex.route is not None and ex.path is not None
-    up = ex.route.upstream
-    return URL.build(
-        scheme=up.url.scheme,
-        host=up.url.raw_host or "",
-        port=up.url.explicit_port,
-        path=up.base_path + ex.path,
-        query_string=ex.query,
-        encoded=True,
-    )
+    path = ex.route.upstream.base_path + ex.path
+    return f"{path}?{ex.query}" if ex.query else path
 
 
 def _has_body(request: web.BaseRequest) -> bool:
@@ -143,20 +137,14 @@ async def forward(ex: Exchange) -> web.StreamResponse:
         if _has_body(request)
         else None
     )
-    session = ex.route.upstream.session
+    client = ex.route.upstream.client
     method = request.method
     if method == "HEAD" and ex.route.policy is not None:
         # HEAD must describe the masked body, which only exists after a GET.
         method = "GET"
     t0 = time.perf_counter()
     try:
-        upstream = await session.request(
-            method,
-            upstream_url(ex),
-            headers=upstream_headers(ex),
-            data=body,
-            allow_redirects=False,
-        )
+        upstream = await client.request(method, upstream_target(ex), upstream_headers(ex), body)
     except BodyTooLarge:
         ex.deny("deny_policy", "request_too_large")
         return problem(413, ex.request_id, "The request body is too large.")
@@ -189,7 +177,7 @@ async def forward(ex: Exchange) -> web.StreamResponse:
         upstream.release()
 
 
-async def _relay(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
     """Stream an upstream response to the caller unchanged (routes without a policy)."""
     assert ex.route is not None
     headers = client_response_headers(
@@ -225,7 +213,7 @@ async def _relay(ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamRe
         await resp.write_eof()
         return resp
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_any():
             await resp.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The caller already has our headers: cut the connection so a truncated

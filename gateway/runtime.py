@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiohttp
 from yarl import URL
 
 from gateway.audit.writer import AuditWriter
@@ -34,6 +33,7 @@ from gateway.quota import QuotaBackend
 from gateway.routing import Router
 from gateway.rules import RecordSpec, RuleSet, compile_records, load_rules
 from gateway.types import Principal
+from gateway.upstream import UpstreamClient
 
 if TYPE_CHECKING:
     from gateway.exchange import Exchange
@@ -214,47 +214,40 @@ def upstream_ssl_context(cfg: UpstreamConfig, config: Config) -> ssl.SSLContext:
 
 
 class UpstreamPool:
-    """One pooled client session per upstream, reused across reloads when unchanged."""
+    """One pooled client per upstream, reused across reloads when unchanged."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, tuple[UpstreamConfig, aiohttp.ClientSession]] = {}
-        # Sessions replaced by a reload: requests in flight may still use them.
-        self._retired: list[aiohttp.ClientSession] = []
+        self._clients: dict[str, tuple[UpstreamConfig, UpstreamClient]] = {}
+        # Clients replaced by a reload: requests in flight may still use them.
+        self._retired: list[UpstreamClient] = []
 
-    def session_for(self, name: str, cfg: UpstreamConfig, config: Config) -> aiohttp.ClientSession:
-        known = self._sessions.get(name)
+    def client_for(self, name: str, cfg: UpstreamConfig, config: Config) -> UpstreamClient:
+        known = self._clients.get(name)
         if known is not None and known[0] == cfg and not known[1].closed:
             return known[1]
         url = URL(cfg.url)
-        connector = aiohttp.TCPConnector(
-            limit=cfg.max_connections,
-            ssl=upstream_ssl_context(cfg, config) if url.scheme == "https" else False,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            # The gateway decodes bodies itself, with size caps, where a policy needs it;
-            # pass-through routes forward the upstream's bytes untouched.
-            auto_decompress=False,
-            # Never invent headers the caller did not send (Accept-Encoding above all:
-            # a caller that asked for no compression must not receive gzip).
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.timeout
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not keep one caller's cookies
-            requote_redirect_url=False,
+        host = url.raw_host or ""
+        client = UpstreamClient(
+            host,
+            url.port or (443 if url.scheme == "https" else 80),
+            host_header=(f"[{host}]" if ":" in host else host)
+            + (f":{url.explicit_port}" if url.explicit_port is not None else ""),
+            ssl_context=upstream_ssl_context(cfg, config) if url.scheme == "https" else None,
+            max_connections=cfg.max_connections,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.timeout,
         )
         if known is not None:
             self._retired.append(known[1])
-        self._sessions[name] = (cfg, session)
-        return session
+        self._clients[name] = (cfg, client)
+        return client
 
     async def close(self) -> None:
-        for _, session in self._sessions.values():
-            await session.close()
-        for session in self._retired:
-            await session.close()
-        self._sessions.clear()
+        for _, client in self._clients.values():
+            await client.close()
+        for client in self._retired:
+            await client.close()
+        self._clients.clear()
         self._retired.clear()
 
 
@@ -267,7 +260,7 @@ class UpstreamRuntime:
     config: UpstreamConfig
     url: URL
     base_path: str  # the URL's path without a trailing slash ("" for none)
-    session: aiohttp.ClientSession
+    client: UpstreamClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +304,7 @@ class Runtime:
                 config=cfg,
                 url=URL(cfg.url),
                 base_path=URL(cfg.url).raw_path.rstrip("/"),
-                session=pool.session_for(name, cfg, config),
+                client=pool.client_for(name, cfg, config),
             )
             for name, cfg in config.upstreams.items()
         }

@@ -224,7 +224,7 @@ async def test_an_internal_error_is_traced_as_the_500_the_caller_got(
     def broken(ex: Any) -> Any:  # a bug cannot be provoked for real: stand one in
         raise RuntimeError("bug with a value 13812345678 in its message")
 
-    monkeypatch.setattr(proxy, "upstream_url", broken)
+    monkeypatch.setattr(proxy, "upstream_target", broken)
     legacy = await upstream_factory(create_app())
     config = Config.model_validate(
         {
