@@ -22,6 +22,7 @@ Response (upstream → caller):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -69,9 +70,10 @@ def upstream_request_headers(
     (request id, identity, static upstream credentials); inbound copies of them
     are dropped first.
     """
-    own = [(k, v) for k, v in set_headers]
-    drop = HOP_BY_HOP | _NOT_FORWARDED | connection_named(inbound)
-    drop |= {k.lower() for k, _ in own} | {k.lower() for k in strip}
+    own = list(set_headers)
+    drop = _request_drop(tuple(k for k, _ in own), tuple(strip))
+    if "Connection" in inbound:
+        drop = drop | connection_named(inbound)
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in inbound.items():
         lk = k.lower()
@@ -87,6 +89,17 @@ def upstream_request_headers(
     return out
 
 
+@lru_cache(maxsize=256)
+def _request_drop(own: tuple[str, ...], strip: tuple[str, ...]) -> frozenset[str]:
+    # The same few name sets per route, every request: built once.
+    return HOP_BY_HOP | _NOT_FORWARDED | {k.lower() for k in own} | {k.lower() for k in strip}
+
+
+@lru_cache(maxsize=256)
+def _response_skip(drop: tuple[str, ...]) -> frozenset[str]:
+    return HOP_BY_HOP | _UPSTREAM_ADVERTISING | {d.lower() for d in drop}
+
+
 def client_response_headers(
     upstream: CIMultiDictProxy[str],
     *,
@@ -95,8 +108,9 @@ def client_response_headers(
     drop: Iterable[str] = (),
 ) -> CIMultiDict[str]:
     """Headers to send to the caller (body-describing headers are the caller's to fix)."""
-    skip = HOP_BY_HOP | _UPSTREAM_ADVERTISING | connection_named(upstream)
-    skip |= {d.lower() for d in drop}
+    skip = _response_skip(tuple(drop))
+    if "Connection" in upstream:
+        skip = skip | connection_named(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in upstream.items():
         lk = k.lower()
