@@ -36,8 +36,10 @@ def client_for(port: int, **kw: float) -> UpstreamClient:
 
 
 @asynccontextmanager
-async def raw_upstream(reply: Reply) -> AsyncIterator[tuple[int, list[int]]]:
-    """A raw TCP upstream; yields its port and a list counting connections accepted."""
+async def raw_upstream(
+    reply: Reply, **kw: float
+) -> AsyncIterator[tuple[UpstreamClient, list[int]]]:
+    """A raw TCP upstream; yields a client for it and a list counting connections accepted."""
     accepted: list[int] = []
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -48,10 +50,35 @@ async def raw_upstream(reply: Reply) -> AsyncIterator[tuple[int, list[int]]]:
             w.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = client_for(server.sockets[0].getsockname()[1], **kw)
     try:
-        yield server.sockets[0].getsockname()[1], accepted
+        yield client, accepted
     finally:
+        await client.close()
         server.close()
+
+
+@asynccontextmanager
+async def app_upstream(app: web.Application, **kw: float) -> AsyncIterator[UpstreamClient]:
+    """A real aiohttp upstream app; yields a client for it."""
+    runner, url = await start_app(app)
+    client = client_for(int(url.rsplit(":", 1)[1]), **kw)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+def answering(answer: bytes) -> Reply:
+    """An upstream that reads one request head and writes ``answer``."""
+
+    async def reply(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_head(r)
+        w.write(answer)
+        await w.drain()
+
+    return reply
 
 
 async def read_head(r: asyncio.StreamReader) -> bytes:
@@ -78,10 +105,8 @@ async def test_keep_alive_reuses_one_connection_and_sends_exactly_the_head() -> 
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    runner, url = await start_app(app)
-    port = int(url.rsplit(":", 1)[1])
-    client = client_for(port)
-    try:
+    async with app_upstream(app) as client:
+        port = client.port
         for i in range(3):
             resp = await client.request(
                 "GET", f"/a%2Fb?x={i}&y", CIMultiDict([("X-One", "1"), ("x-two", "2")])
@@ -95,9 +120,6 @@ async def test_keep_alive_reuses_one_connection_and_sends_exactly_the_head() -> 
         assert (method, path) == ("GET", "/a%2Fb?x=2&y")
         # Nothing invented: no User-Agent, Accept or Accept-Encoding of our own.
         assert headers == {"Host": f"127.0.0.1:{port}", "X-One": "1", "x-two": "2"}
-    finally:
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_chunked_and_eof_delimited_bodies_are_read_whole() -> None:
@@ -110,14 +132,10 @@ async def test_chunked_and_eof_delimited_bodies_are_read_whole() -> None:
         w.write(b"HTTP/1.0 200 OK\r\n\r\nuntil-eof")  # no length: the body ends at EOF
         await w.drain()
 
-    async with raw_upstream(chunked) as (port, accepted):
-        client = client_for(port)
-        try:
-            assert await fetch(client) == b"abcde"
-            assert await fetch(client) == b"until-eof"
-            assert len(accepted) == 1
-        finally:
-            await client.close()
+    async with raw_upstream(chunked) as (client, accepted):
+        assert await fetch(client) == b"abcde"
+        assert await fetch(client) == b"until-eof"
+        assert len(accepted) == 1
 
 
 @pytest.mark.parametrize(
@@ -132,18 +150,9 @@ async def test_chunked_and_eof_delimited_bodies_are_read_whole() -> None:
 async def test_a_body_that_ends_early_or_breaks_its_framing_is_a_payload_error(
     answer: bytes,
 ) -> None:
-    async def reply(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await read_head(r)
-        w.write(answer)
-        await w.drain()
-
-    async with raw_upstream(reply) as (port, _):
-        client = client_for(port)
-        try:
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await fetch(client)
-        finally:
-            await client.close()
+    async with raw_upstream(answering(answer)) as (client, _):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await fetch(client)
 
 
 @pytest.mark.parametrize(
@@ -158,19 +167,10 @@ async def test_a_body_that_ends_early_or_breaks_its_framing_is_a_payload_error(
     ids=["garbage", "two-lengths", "length-and-chunked", "huge-head", "closed"],
 )
 async def test_a_response_that_is_not_clean_http_fails_before_any_body(answer: bytes) -> None:
-    async def reply(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await read_head(r)
-        w.write(answer)
-        await w.drain()
-
-    async with raw_upstream(reply) as (port, _):
-        client = client_for(port)
-        try:
-            with pytest.raises(aiohttp.ClientConnectionError) as info:
-                await client.request("GET", "/", CIMultiDict())
-            assert isinstance(info.value, (ResponseError, aiohttp.ServerDisconnectedError))
-        finally:
-            await client.close()
+    async with raw_upstream(answering(answer)) as (client, _):
+        with pytest.raises(aiohttp.ClientConnectionError) as info:
+            await client.request("GET", "/", CIMultiDict())
+        assert isinstance(info.value, (ResponseError, aiohttp.ServerDisconnectedError))
 
 
 async def test_interim_responses_are_skipped() -> None:
@@ -180,14 +180,10 @@ async def test_interim_responses_are_skipped() -> None:
         w.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
         await w.drain()
 
-    async with raw_upstream(reply) as (port, _):
-        client = client_for(port)
-        try:
-            resp = await client.request("GET", "/", CIMultiDict())
-            assert (resp.status, "Link" in resp.headers, await resp.read()) == (201, False, b"ok")
-            resp.release()
-        finally:
-            await client.close()
+    async with raw_upstream(reply) as (client, _):
+        resp = await client.request("GET", "/", CIMultiDict())
+        assert (resp.status, "Link" in resp.headers, await resp.read()) == (201, False, b"ok")
+        resp.release()
 
 
 async def test_head_responses_have_no_body_and_are_not_reused() -> None:
@@ -197,14 +193,10 @@ async def test_head_responses_have_no_body_and_are_not_reused() -> None:
         await w.drain()
         await r.read()  # until the client closes
 
-    async with raw_upstream(reply) as (port, accepted):
-        client = client_for(port)
-        try:
-            assert await fetch(client, method="HEAD") == b""
-            assert await fetch(client, method="HEAD") == b""
-            assert len(accepted) == 2
-        finally:
-            await client.close()
+    async with raw_upstream(reply) as (client, accepted):
+        assert await fetch(client, method="HEAD") == b""
+        assert await fetch(client, method="HEAD") == b""
+        assert len(accepted) == 2
 
 
 async def test_a_connection_closed_while_idle_is_retried_once_for_a_bodyless_request() -> None:
@@ -215,45 +207,33 @@ async def test_a_connection_closed_while_idle_is_retried_once_for_a_bodyless_req
         await w.drain()
         await r.read(1)  # the next request's first byte: close before answering it
 
-    async with raw_upstream(reply) as (port, accepted):
-        client = client_for(port)
-        try:
-            assert await fetch(client) == b"ok"
-            assert await fetch(client) == b"ok"  # reused, dropped, retried on a new one
-            assert len(accepted) == 2
-        finally:
-            await client.close()
+    async with raw_upstream(reply) as (client, accepted):
+        assert await fetch(client) == b"ok"
+        assert await fetch(client) == b"ok"  # reused, dropped, retried on a new one
+        assert len(accepted) == 2
 
 
 async def test_crlf_in_a_header_is_refused_before_anything_is_sent() -> None:
     async def reply(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await r.read()
 
-    async with raw_upstream(reply) as (port, accepted):
-        client = client_for(port)
-        try:
-            for headers in (
-                [("X-Sub", "alice\r\nX-Clearance: secret")],
-                [("X-Sub\nX", "alice")],
-            ):
-                with pytest.raises(ValueError):
-                    await client.request("GET", "/", CIMultiDict(headers))
-            assert accepted == []
-        finally:
-            await client.close()
+    async with raw_upstream(reply) as (client, accepted):
+        for headers in (
+            [("X-Sub", "alice\r\nX-Clearance: secret")],
+            [("X-Sub\nX", "alice")],
+        ):
+            with pytest.raises(ValueError):
+                await client.request("GET", "/", CIMultiDict(headers))
+        assert accepted == []
 
 
 async def test_no_answer_in_time_is_a_timeout_and_refused_is_an_oserror() -> None:
     async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await r.read()
 
-    async with raw_upstream(silent) as (port, _):
-        client = client_for(port, read_timeout=0.2)
-        try:
-            with pytest.raises(TimeoutError):
-                await client.request("GET", "/", CIMultiDict())
-        finally:
-            await client.close()
+    async with raw_upstream(silent, read_timeout=0.2) as (client, _):
+        with pytest.raises(TimeoutError):
+            await client.request("GET", "/", CIMultiDict())
     closed = client_for(free_port())
     with pytest.raises(OSError):
         await closed.request("GET", "/", CIMultiDict())
@@ -266,13 +246,9 @@ async def test_a_body_that_stops_mid_way_times_out() -> None:
         await w.drain()
         await r.read()
 
-    async with raw_upstream(stalls) as (port, _):
-        client = client_for(port, read_timeout=0.2)
-        try:
-            with pytest.raises(TimeoutError):
-                await fetch(client)
-        finally:
-            await client.close()
+    async with raw_upstream(stalls, read_timeout=0.2) as (client, _):
+        with pytest.raises(TimeoutError):
+            await fetch(client)
 
 
 async def test_the_pool_holds_at_most_max_connections() -> None:
@@ -289,14 +265,9 @@ async def test_the_pool_holds_at_most_max_connections() -> None:
 
     app = web.Application()
     app.router.add_get("/", slow)
-    runner, url = await start_app(app)
-    client = client_for(int(url.rsplit(":", 1)[1]), max_connections=2)
-    try:
+    async with app_upstream(app, max_connections=2) as client:
         bodies = await asyncio.gather(*(fetch(client) for _ in range(6)))
         assert bodies == [b"x"] * 6 and peak == 2
-    finally:
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_request_bodies_go_with_their_length_or_chunked() -> None:
@@ -314,17 +285,12 @@ async def test_request_bodies_go_with_their_length_or_chunked() -> None:
 
     app = web.Application()
     app.router.add_post("/", sink)
-    runner, url = await start_app(app)
-    client = client_for(int(url.rsplit(":", 1)[1]))
-    try:
+    async with app_upstream(app) as client:
         for headers in (CIMultiDict({"Content-Length": "5"}), CIMultiDict()):
             resp = await client.request("POST", "/", headers, parts())
             assert await resp.read() == b"ok"
             resp.release()
         assert got == [("5", None, b"abcde"), (None, "chunked", b"abcde")]
-    finally:
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_a_failing_request_body_surfaces_its_own_exception() -> None:
@@ -345,15 +311,10 @@ async def test_a_failing_request_body_surfaces_its_own_exception() -> None:
     app = web.Application()
     app.router.add_post("/", sink)
     app.router.add_get("/", hello)
-    runner, url = await start_app(app)
-    client = client_for(int(url.rsplit(":", 1)[1]))
-    try:
+    async with app_upstream(app) as client:
         with pytest.raises(Stop):
             await client.request("POST", "/", CIMultiDict(), parts())
         assert await fetch(client, method="GET") == b"ok"  # the pool is still usable
-    finally:
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_a_large_body_streams_through_a_slow_reader_with_bounded_buffering() -> None:
@@ -371,9 +332,7 @@ async def test_a_large_body_streams_through_a_slow_reader_with_bounded_buffering
 
     app = web.Application()
     app.router.add_get("/", big)
-    runner, url = await start_app(app)
-    client = client_for(int(url.rsplit(":", 1)[1]))
-    try:
+    async with app_upstream(app) as client:
         resp = await client.request("GET", "/", CIMultiDict())
         total = 0
         conn = resp._conn
@@ -384,9 +343,6 @@ async def test_a_large_body_streams_through_a_slow_reader_with_bounded_buffering
             await asyncio.sleep(0.001)
         assert total == size
         resp.release()
-    finally:
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_a_second_response_in_the_same_packet_neither_merges_nor_is_reused() -> None:
@@ -399,13 +355,9 @@ async def test_a_second_response_in_the_same_packet_neither_merges_nor_is_reused
         await w.drain()
         await r.read()
 
-    async with raw_upstream(reply) as (port, accepted):
-        client = client_for(port)
-        try:
-            for _ in range(2):
-                resp = await client.request("GET", "/", CIMultiDict())
-                assert "X-Smuggled" not in resp.headers and await resp.read() == b"ok"
-                resp.release()
-            assert len(accepted) == 2  # the first connection was not reused
-        finally:
-            await client.close()
+    async with raw_upstream(reply) as (client, accepted):
+        for _ in range(2):
+            resp = await client.request("GET", "/", CIMultiDict())
+            assert "X-Smuggled" not in resp.headers and await resp.read() == b"ok"
+            resp.release()
+        assert len(accepted) == 2  # the first connection was not reused
