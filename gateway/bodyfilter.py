@@ -284,7 +284,7 @@ def _stream_response(ex: Exchange, upstream: UpstreamResponse) -> web.StreamResp
     headers = client_response_headers(
         upstream.headers,
         upstream_url=ex.route.upstream.url,
-        gateway_origin=ex.gateway_origin(),
+        gateway_origin=ex.gateway_origin,
         drop=list(_DROPPED_RESPONSE_HEADERS),
     )
     headers["Cache-Control"] = "no-store"
@@ -304,7 +304,7 @@ def _respond(
     headers = client_response_headers(
         upstream.headers,
         upstream_url=ex.route.upstream.url,
-        gateway_origin=ex.gateway_origin(),
+        gateway_origin=ex.gateway_origin,
         drop=drop,
     )
     headers["Cache-Control"] = "no-store"

@@ -21,7 +21,7 @@ Response (upstream → caller):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -104,10 +104,14 @@ def client_response_headers(
     upstream: CIMultiDictProxy[str],
     *,
     upstream_url: URL,
-    gateway_origin: str,
+    gateway_origin: str | Callable[[], str],
     drop: Iterable[str] = (),
 ) -> CIMultiDict[str]:
-    """Headers to send to the caller (body-describing headers are the caller's to fix)."""
+    """Headers to send to the caller (body-describing headers are the caller's to fix).
+
+    ``gateway_origin`` may be a function: it is then asked only when a Location
+    needs rewriting (most responses have none).
+    """
     skip = _response_skip(tuple(drop))
     if "Connection" in upstream:
         skip = skip | connection_named(upstream)
@@ -117,6 +121,8 @@ def client_response_headers(
         if lk in skip:
             continue
         if lk in ("location", "content-location"):
+            if callable(gateway_origin):
+                gateway_origin = gateway_origin()
             v = rewrite_location(v, upstream_url, gateway_origin)
         out.add(k, v)
     return out

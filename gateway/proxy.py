@@ -181,7 +181,7 @@ async def _relay(ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse
     """Stream an upstream response to the caller unchanged (routes without a policy)."""
     assert ex.route is not None
     headers = client_response_headers(
-        upstream.headers, upstream_url=ex.route.upstream.url, gateway_origin=ex.gateway_origin()
+        upstream.headers, upstream_url=ex.route.upstream.url, gateway_origin=ex.gateway_origin
     )
     headers.popall("Content-Length", None)
     headers[ex.runtime.config.request_id_header] = ex.request_id

@@ -97,17 +97,20 @@ class _Conn(asyncio.Protocol):
         self.used = 0  # requests sent on this connection
         self.last_used = 0.0
         self.can_write: asyncio.Future[None] | None = None
+        # One parser for the connection's life: llhttp moves on to the next response by
+        # itself after a complete keep-alive one (the only kind a reused connection had).
+        self.parser = httptools.HttpResponseParser(self)
+        self.body: deque[bytes] = deque()
         self._reset()
 
     def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
         self.head_bytes = 0
         self.status = 0
         self.reason = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.headers_fut: asyncio.Future[None] | None = None
         self.interim = False
-        self.body: deque[bytes] = deque()
+        self.body.clear()
         self.buffered = 0
         self.done = False
         self.keep_alive = False
@@ -354,9 +357,12 @@ class UpstreamResponse:
         self._released = False
         self.status = conn.status
         self.reason = conn.reason.decode("latin-1")
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in conn.raw_headers:
-            headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        headers: CIMultiDict[str] = CIMultiDict(
+            [
+                (n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+                for n, v in conn.raw_headers
+            ]
+        )
         self.headers = CIMultiDictProxy(headers)
         length = headers.get("Content-Length")
         # llhttp has already refused malformed and conflicting lengths.

@@ -78,3 +78,21 @@ def test_location_rewrite() -> None:
     assert rewrite_location("http://10.0.0.5:9999/x", up, gw) == "http://10.0.0.5:9999/x"
     assert rewrite_location("next", up, gw) == "next"
     assert rewrite_location("//10.0.0.5:8080/x", up, gw) == "//10.0.0.5:8080/x"
+
+
+def test_the_gateway_origin_is_only_asked_for_when_a_location_is_rewritten() -> None:
+    asked: list[int] = []
+
+    def origin() -> str:
+        asked.append(1)
+        return "https://gw.example"
+
+    up = URL("http://legacy:8080/app")
+    plain = CIMultiDictProxy(CIMultiDict({"Content-Type": "text/plain"}))
+    assert client_response_headers(plain, upstream_url=up, gateway_origin=origin) == {
+        "Content-Type": "text/plain"
+    }
+    assert asked == []
+    moved = CIMultiDictProxy(CIMultiDict({"Location": "http://legacy:8080/app/x"}))
+    out = client_response_headers(moved, upstream_url=up, gateway_origin=origin)
+    assert out["Location"] == "https://gw.example/x" and asked == [1]
