@@ -78,10 +78,22 @@ KEYS: Final = (
 DEFAULT_ENTITIES_CAP: Final = 100
 
 
+# gmtime + strftime were most of format_ts's cost, and a busy gateway formats hundreds
+# of records within the same second: the second's text is kept, with the second it
+# belongs to, in one tuple that is replaced whole (a reader never pairs one second with
+# another's text). The millisecond suffixes are a table.
+_ts_second: tuple[int | None, str] = (None, "")
+_MS_SUFFIX: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def format_ts(epoch: float) -> str:
     """Epoch seconds -> ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, milliseconds, rounded)."""
+    global _ts_second
     secs, ms = divmod(round(epoch * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+    cached = _ts_second
+    if cached[0] != secs:
+        cached = _ts_second = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return cached[1] + _MS_SUFFIX[ms]
 
 
 def _ms(value: float | None) -> float | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.audit.record import DECISIONS, KEYS, build_record, encode_record, format_ts
 
@@ -98,6 +100,34 @@ def test_encode_is_one_json_line_in_key_order() -> None:
 )
 def test_ts_is_rfc3339_utc_millis(epoch: float, text: str) -> None:
     assert format_ts(epoch) == text
+
+
+def reference_ts(epoch: float) -> str:
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=round(epoch * 1000))
+    return at.strftime("%Y-%m-%dT%H:%M:%S") + f".{at.microsecond // 1000:03d}Z"
+
+
+def test_ts_of_each_second_across_boundaries() -> None:
+    # format_ts keeps the last second's text: each call must still get its own second,
+    # across a boundary, when rounding carries into the next second, and going back.
+    base = 1_700_000_000
+    cases = [
+        (base + 0.999, "2023-11-14T22:13:20.999Z"),
+        (base + 0.9996, "2023-11-14T22:13:21.000Z"),
+        (base + 1.0, "2023-11-14T22:13:21.000Z"),
+        (base + 1.5, "2023-11-14T22:13:21.500Z"),
+        (base + 0.25, "2023-11-14T22:13:20.250Z"),
+        (base + 1.001, "2023-11-14T22:13:21.001Z"),
+        (base - 86_400.5, "2023-11-13T22:13:19.500Z"),
+        (base + 1.002, "2023-11-14T22:13:21.002Z"),
+    ]
+    assert [format_ts(epoch) for epoch, _ in cases] == [text for _, text in cases]
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4_102_444_800), min_size=1, max_size=20))
+def test_ts_matches_a_calendar_computation(epochs: list[float]) -> None:
+    for epoch in epochs:
+        assert format_ts(epoch) == reference_ts(epoch)
 
 
 def test_unknown_subject_is_null_and_path_has_no_query() -> None:
