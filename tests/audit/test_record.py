@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audit.record import DECISIONS, KEYS, build_record, encode_record, format_ts
+from gateway.audit.record import (
+    DECISIONS,
+    FIELD_COUNTERS,
+    KEYS,
+    build_record,
+    encode_record,
+    format_ts,
+)
 
 TS = datetime(2026, 11, 24, 8, 1, 2, 123000, tzinfo=UTC).timestamp()
 
@@ -146,6 +153,40 @@ def test_entities_capped_with_total() -> None:
     assert r["entities"] == ["0", "1", "2"]
 
 
+@pytest.mark.parametrize("kind", [list, tuple, iter])
+@pytest.mark.parametrize("cap", [-1, 0, 2, 5, 100])
+def test_entities_from_any_iterable(kind: Any, cap: int) -> None:
+    # Lists and tuples take a shortcut (only the kept ids are converted): same record.
+    ids: list[str | int] = ["7", 8, "9", 10, "11"]
+    r = build_record(**base(entities=kind(ids), entities_cap=cap))
+    assert r["entities"] == ["7", "8", "9", "10", "11"][: max(cap, 0)]
+    assert r["entities_total"] == 5
+
+
+def reference_fields(counts: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, int]]:
+    """The record's field counters as first written (sort each counter's rules per record)."""
+    out: dict[str, dict[str, int]] = {c: {} for c in FIELD_COUNTERS}
+    for counter, by_rule in (counts or {}).items():
+        out[counter] = {rule: int(n) for rule, n in sorted(by_rule.items()) if n}
+    return out
+
+
+RULES = st.sampled_from(["phone", "email", "id_number", "bank_card", "name", "a", "b", "Z"])
+COUNTS = st.one_of(st.integers(min_value=0, max_value=10**6), st.booleans(), st.just(2.0))
+
+
+@given(st.dictionaries(st.sampled_from(FIELD_COUNTERS), st.dictionaries(RULES, COUNTS)))
+def test_field_counters_sorted_by_rule_whatever_the_order_given(
+    counts: dict[str, dict[str, Any]],
+) -> None:
+    # Rule order is remembered per rule sequence: the same names in another order, zero
+    # counts and non-int counts must still give exactly what sorting every time gave.
+    for _ in range(2):  # the second time from the remembered order
+        r = build_record(**base(fields=counts))
+        assert orjson.dumps(r["fields"]) == orjson.dumps(reference_fields(counts))
+        assert list(r["fields"]) == list(FIELD_COUNTERS)
+
+
 @pytest.mark.parametrize("decision", sorted(DECISIONS - {"allow"}))
 def test_refused_response_has_no_records_entities_or_field_counts(decision: str) -> None:
     r = build_record(**base(decision=decision, reason="x", status=429))
@@ -168,3 +209,12 @@ def test_unknown_field_counter_is_a_programming_error() -> None:
 def test_no_upstream() -> None:
     r = build_record(**base(upstream_status=None, upstream_ms=None, decision="deny_auth"))
     assert r["upstream_status"] is None and r["upstream_ms"] is None
+
+
+def test_remembered_rule_orders_are_bounded() -> None:
+    from gateway.audit import record
+
+    for i in range(record._SORTED_RULES_MAX + 10):
+        r = build_record(**base(fields={"masked": {f"r{i}": 1, "a": 2}}))
+        assert r["fields"]["masked"] == {"a": 2, f"r{i}": 1}
+    assert len(record._sorted_rules) <= record._SORTED_RULES_MAX
