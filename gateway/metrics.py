@@ -11,6 +11,16 @@ Rules:
   and keeps caller input out of the SOC's tooling.
 - The per-request functions are cheap: labelled children are cached in dicts
   keyed by the label tuple, so a hot request does dict lookups and ``inc``.
+- ``gateway_fields_total`` moves by one series per rule and action a masked
+  response touched (15-20 of them), so in single-process mode its counts are
+  summed in plain per-series cells on the request path and added to the
+  prometheus children whenever :data:`REGISTRY` is collected (every
+  ``/metrics``): every exposition shows exactly what incrementing each child
+  per request would have. A series' child is still created the first time it
+  is counted (its ``_created`` time is unchanged). In multiprocess mode each
+  count goes to the worker's file at once, as the other metrics do: the
+  supervisor reads the files without asking the workers, and a killed
+  worker's counts must already be there.
 - ``gateway_rules_info{version}`` is 1 for the loaded version only (the old
   version's series is removed on reload). ``gateway_state_up`` is 1 while the
   state backend answers (always 1 with in-process memory).
@@ -30,7 +40,8 @@ version reads 0 instead of disappearing.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from prometheus_client import (
@@ -42,6 +53,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client.metrics_core import Metric
 
 MULTIPROC: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 # The 0.0.4 text format: what Prometheus 2.x (e.g. Debian 12's) negotiates without warnings.
@@ -73,12 +85,58 @@ UPSTREAM_DURATION: Final = Histogram(
     buckets=_BUCKETS,
     registry=REGISTRY,
 )
+
+
+class _FieldCell:
+    """One ``gateway_fields_total`` series: its child and the count not yet added to it."""
+
+    __slots__ = ("child", "pending")
+
+    def __init__(self, child: Counter) -> None:
+        self.child = child
+        self.pending = 0
+
+
+# policy -> action -> rule -> cell: nested, so the request path builds no label tuple.
+_field_cells: dict[str, dict[str, dict[str, _FieldCell]]] = {}
+# Held by the request path while it adds to cells and by the fold while it empties them:
+# a scrape from another thread can neither lose nor double a count.
+_fields_lock: Final = threading.Lock()
+
+
+def _fold_fields() -> None:
+    """Add the held-back ``gateway_fields_total`` counts to their children (on collect)."""
+    with _fields_lock:
+        for by_action in _field_cells.values():
+            for cells in by_action.values():
+                for cell in cells.values():
+                    if cell.pending:
+                        cell.child.inc(cell.pending)
+                        cell.pending = 0
+
+
+class _FoldFirst:
+    """Collects ``metric`` after ``fold`` has added the counts held back for it."""
+
+    def __init__(self, metric: Counter, fold: Callable[[], None]) -> None:
+        self._metric = metric
+        self._fold = fold
+
+    def describe(self) -> Iterable[Metric]:
+        return self._metric.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        self._fold()
+        return self._metric.collect()
+
+
 FIELDS: Final = Counter(
     "gateway_fields_total",
     "Field values touched, by policy, rule and action (masked|dropped|redacted|hashed|revealed).",
     ("policy", "rule", "action"),
-    registry=REGISTRY,
+    registry=None,  # registered here (its place in the exposition) behind its fold
 )
+REGISTRY.register(_FoldFirst(FIELDS, _fold_fields))
 RECORDS: Final = Counter(
     "gateway_records_total",
     "Customer records returned to callers, by route.",
@@ -154,7 +212,6 @@ RELOAD_RESULTS: Final = frozenset({"ok", "error"})
 # dict lookup on every call; these plain dicts make the hot path one lookup.
 _requests: dict[tuple[str, str, str], Counter] = {}
 _durations: dict[str, tuple[Histogram, Histogram, Counter]] = {}
-_fields: dict[tuple[str, str, str], Counter] = {}
 _quota: dict[tuple[str, str], Counter] = {}
 _auth: dict[str, Counter] = {}
 _fail_closed: dict[str, Counter] = {}
@@ -205,19 +262,38 @@ def observe_request(
     if records:
         rec_c.inc(records)
     if fields and policy is not None:
-        for action, by_rule in fields.items():
-            for rule, n in by_rule.items():
-                if n:
-                    fkey = (policy, rule, action)
-                    fc = _fields.get(fkey)
-                    if fc is None:
-                        fc = _fields[fkey] = FIELDS.labels(*fkey)
-                    fc.inc(n)
+        _count_fields(policy, fields)
     if reason is not None:
         if decision == "deny_auth":
             auth_failure(reason)
         elif decision == "fail_closed":
             fail_closed(reason)
+
+
+def _count_fields(policy: str, fields: Mapping[str, Mapping[str, int]]) -> None:
+    eager = MULTIPROC
+    with _fields_lock:
+        by_action = _field_cells.get(policy)
+        if by_action is None:
+            by_action = _field_cells[policy] = {}
+        for action, by_rule in fields.items():
+            if not by_rule:
+                continue
+            cells = by_action.get(action)
+            if cells is None:
+                cells = by_action[action] = {}
+            for rule, n in by_rule.items():
+                if n:
+                    cell = cells.get(rule)
+                    if cell is None:
+                        # The series starts now, as it did when every count was an inc().
+                        cell = cells[rule] = _FieldCell(FIELDS.labels(policy, rule, action))
+                    if eager:
+                        cell.child.inc(n)
+                    elif n < 0:  # inc() refused this at once; the fold would refuse it late
+                        raise ValueError("field counts cannot be negative")
+                    else:
+                        cell.pending += n
 
 
 def quota_event(quota: str, kind: str) -> None:

@@ -21,7 +21,11 @@ def query_keys(query: str) -> list[str]:
     """Parameter names, decoded, sorted and deduplicated (values never leave here)."""
     if not query:
         return []
-    names = {unquote_plus(part.partition("=")[0]) for part in query.split("&") if part}
+    names = {part.partition("=")[0] for part in query.split("&") if part}
+    # Decoding is needed only where there is something to decode (once per record in the
+    # audit trail; most queries are plain names).
+    if "%" in query or "+" in query:
+        names = {unquote_plus(name) for name in names}
     return sorted(names)
 
 

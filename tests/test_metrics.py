@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,75 @@ def test_request_accounting_labels() -> None:
     assert value("gateway_request_duration_seconds_bucket", route="customers", le="0.5") >= 1
 
 
+def test_field_counts_show_in_every_collection() -> None:
+    # Single-process mode sums field counts on the request path and adds them to the
+    # prometheus children on collect: whatever collects must see every count so far.
+    series = {"policy": "customer", "rule": "fold-check", "action": "hashed"}
+    start = value("gateway_fields_total", **series)
+    for i in range(1, 4):
+        metrics.observe_request(
+            "customers", 200, "allow", 0.01, None, "customer", {"hashed": {"fold-check": 2}}
+        )
+        assert value("gateway_fields_total", **series) == start + 2 * i  # metrics_body
+        got = metrics.REGISTRY.get_sample_value("gateway_fields_total", series)
+        assert got == start + 2 * i  # REGISTRY.collect(), as any other reader would
+    metrics.observe_request("customers", 200, "allow", 0.01, None, "customer", {"hashed": {}})
+    metrics.observe_request("customers", 200, "deny_route", 0.01, None, None, None)
+    assert value("gateway_fields_total", **series) == start + 6
+
+
+def test_field_series_starts_when_first_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gateway_fields_created is the time of the first count, not of the first scrape.
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", lambda: 1000.0)
+        metrics.observe_request(
+            "customers", 200, "allow", 0.01, None, "customer", {"masked": {"created-check": 1}}
+        )
+    labels = {"policy": "customer", "rule": "created-check", "action": "masked"}
+    assert value("gateway_fields_created", **labels) == 1000.0
+    assert value("gateway_fields_total", **labels) == 1
+
+
+def test_negative_field_count_is_refused_when_counted() -> None:
+    with pytest.raises(ValueError):
+        metrics.observe_request(
+            "customers", 200, "allow", 0.01, None, "customer", {"masked": {"neg-check": -1}}
+        )
+    # The scrape is not the one to fail, and nothing was counted.
+    assert value("gateway_fields_total", policy="customer", rule="neg-check", action="masked") == 0
+
+
+def test_families_keep_their_order() -> None:
+    text = metrics.metrics_body().decode()
+    types = [m.group(1) for m in re.finditer(r"^# TYPE (\S+)", text, re.M)]
+    order = [t for t in types if not t.endswith("_created")]
+    fields = order.index("gateway_fields_total")  # collected behind its fold, still here
+    assert order[fields - 1] == "gateway_upstream_duration_seconds"
+    assert order[fields + 1] == "gateway_records_total"
+
+
+def test_scrapes_from_another_thread_lose_no_field_count() -> None:
+    series = {"policy": "customer", "rule": "thread-check", "action": "redacted"}
+    start = value("gateway_fields_total", **series)
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            metrics.metrics_body()
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for _ in range(2000):
+            metrics.observe_request(
+                "customers", 200, "allow", 0.01, None, "customer", {"redacted": {"thread-check": 1}}
+            )
+    finally:
+        done.set()
+        scraper.join()
+    assert value("gateway_fields_total", **series) == start + 2000
+
+
 def test_unknown_route_is_none_and_denials_count_reasons() -> None:
     auth = value("gateway_auth_failures_total", reason="bad_signature")
     closed = value("gateway_fail_closed_total", reason="state_unavailable")
@@ -125,6 +196,8 @@ sys.stdout.write(metrics.metrics_body().decode())
         check=True,
     ).stdout
     assert 'gateway_requests_total{decision="allow",route="customers",status="200"} 1.0' in out
+    # Field counts reach the worker's file at once: the supervisor reads files, not workers.
+    assert 'gateway_fields_total{action="masked",policy="customer",rule="p"} 1.0' in out
     assert "gateway_state_up 1.0" in out
     assert 'gateway_rules_info{version="v2"} 1.0' in out
     assert 'gateway_rules_info{version="v1"} 0.0' in out

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from urllib.parse import unquote_plus
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.query import QueryError, clamp_page_size, query_keys
 
@@ -14,6 +18,13 @@ def test_query_keys_are_names_only() -> None:
         "page",
         "size",
     ]
+
+
+@given(st.text(alphabet="ab%2+=&_0", max_size=30))
+def test_query_keys_decode_only_what_needs_it(query: str) -> None:
+    # Names without '%' or '+' are not run through unquote_plus: same result.
+    every = {unquote_plus(p.partition("=")[0]) for p in query.split("&") if p}
+    assert query_keys(query) == sorted(every)
 
 
 @pytest.mark.parametrize(

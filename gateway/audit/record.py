@@ -78,23 +78,63 @@ KEYS: Final = (
 DEFAULT_ENTITIES_CAP: Final = 100
 
 
+# gmtime + strftime were most of format_ts's cost, and a busy gateway formats hundreds
+# of records within the same second: the second's text is kept, with the second it
+# belongs to, in one tuple that is replaced whole (a reader never pairs one second with
+# another's text). The millisecond suffixes are a table.
+_ts_second: tuple[int | None, str] = (None, "")
+_MS_SUFFIX: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def format_ts(epoch: float) -> str:
     """Epoch seconds -> ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, milliseconds, rounded)."""
+    global _ts_second
     secs, ms = divmod(round(epoch * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+    cached = _ts_second
+    if cached[0] != secs:
+        cached = _ts_second = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return cached[1] + _MS_SUFFIX[ms]
 
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+# The masking plan reports each counter's rules in rule-file order; the record lists
+# them sorted. Sorting per record was most of _fields' cost, so the sorted order of each
+# rule sequence seen is kept. Rule names come from the loaded rules, never from a
+# request, so there are a handful of sequences per policy; the bound only guards
+# against a caller that passes something else.
+_sorted_rules: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SORTED_RULES_MAX: Final = 4096
+
+
+def _rules_in_order(by_rule: Mapping[str, int]) -> tuple[str, ...]:
+    names = tuple(by_rule)
+    order = _sorted_rules.get(names)
+    if order is None:
+        order = tuple(sorted(names))
+        if len(_sorted_rules) >= _SORTED_RULES_MAX:
+            _sorted_rules.clear()
+        _sorted_rules[names] = order
+    return order
+
+
 def _fields(counts: Mapping[str, Mapping[str, int]] | None) -> dict[str, dict[str, int]]:
-    # Always all five counters, in a fixed order; unknown counters are a bug upstream.
+    # Always all five counters, in FIELD_COUNTERS order; unknown counters are a bug upstream.
     out: dict[str, dict[str, int]] = {c: {} for c in FIELD_COUNTERS}
-    for counter, by_rule in (counts or {}).items():
+    if not counts:
+        return out
+    for counter, by_rule in counts.items():
         if counter not in out:
             raise ValueError(f"unknown field counter {counter!r}")
-        out[counter] = {rule: int(n) for rule, n in sorted(by_rule.items()) if n}
+        kept: dict[str, int] = {}
+        if by_rule:
+            for rule in _rules_in_order(by_rule):
+                n = by_rule[rule]
+                if n:
+                    kept[rule] = n if type(n) is int else int(n)
+        out[counter] = kept
     return out
 
 
@@ -139,7 +179,19 @@ def build_record(
     if decision not in DECISIONS:
         raise ValueError(f"unknown audit decision {decision!r}")
     allowed = decision == "allow"
-    ids = [str(e) for e in entities] if allowed else []
+    cap = max(entities_cap, 0)
+    if not allowed:
+        shown: list[str] = []
+        total = 0
+    elif isinstance(entities, list | tuple):
+        # The usual case (the exchange's list): only the ids the record keeps are
+        # converted, not all of a bulk read's.
+        shown = [str(e) for e in entities[:cap]]
+        total = len(entities)
+    else:
+        ids = [str(e) for e in entities]
+        shown = ids[:cap]
+        total = len(ids)
     return {
         "ts": format_ts(ts),
         "request_id": request_id,
@@ -158,8 +210,8 @@ def build_record(
         "duration_ms": round(duration_ms, 2),
         "upstream_ms": _ms(upstream_ms),
         "records": records if allowed else 0,
-        "entities": ids[: max(entities_cap, 0)],
-        "entities_total": len(ids),
+        "entities": shown,
+        "entities_total": total,
         "fields": _fields(fields if allowed else None),
         "quota": _quota(quota),
         "rules_version": rules_version,

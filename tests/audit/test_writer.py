@@ -69,6 +69,44 @@ async def test_submit_is_synchronous_and_batches_reach_every_sink() -> None:
         assert sink.closed
 
 
+async def test_a_lone_record_is_written_without_waiting_for_company() -> None:
+    sink = MemorySink()
+    writer = AuditWriter([sink], on_drop=Drops())  # the default linger
+    await writer.start()
+    writer.submit(rec(1))
+    await wait_for(lambda: len(sink.lines) == 1)
+    assert sink.batches == [[orjson.dumps(rec(1), option=orjson.OPT_APPEND_NEWLINE)]]
+    await writer.aclose()
+
+
+async def test_lines_arriving_while_the_lane_lingers_share_one_write() -> None:
+    # A linger far longer than any test: the batch can only be written because the
+    # batch_size-th line ends the wait.
+    sink = MemorySink()
+    writer = AuditWriter([sink], batch_size=10, linger=3600, on_drop=Drops())
+    await writer.start()
+    for i in range(25):
+        writer.submit(rec(i))
+        await asyncio.sleep(0)  # one request per loop turn, as they arrive
+    await wait_for(lambda: len(sink.lines) == 20)
+    assert [len(b) for b in sink.batches] == [10, 10]
+    # The last 5 are waiting for company; closing writes them at once, none dropped.
+    await asyncio.wait_for(writer.aclose(), 30)  # a safety net: without the wake, 1 hour
+    assert [orjson.loads(x)["request_id"] for x in sink.lines] == [f"r{i}" for i in range(25)]
+    assert writer.dropped() == {"mem": 0}
+
+
+async def test_linger_zero_writes_each_line_as_it_comes() -> None:
+    sink = MemorySink()
+    writer = AuditWriter([sink], linger=0, on_drop=Drops())
+    await writer.start()
+    for i in range(3):
+        writer.submit(rec(i))
+        await wait_for(lambda i=i: len(sink.lines) == i + 1)
+    assert [len(b) for b in sink.batches] == [1, 1, 1]
+    await writer.aclose()
+
+
 async def test_full_queue_drops_and_counts_without_blocking() -> None:
     slow, fast = MemorySink("slow"), MemorySink("fast")
     slow.gate.clear()  # the slow sink never finishes its first write
