@@ -60,7 +60,7 @@ from aiohttp import web
 from gateway.exchange import Exchange, Handler
 from gateway.problem import problem
 from gateway.quota import Decision, KeyParts, StateUnavailable, ratelimit_headers
-from gateway.quota.engine import counts_requests, counts_responses
+from gateway.quota.engine import Bucket, counts_requests, counts_responses
 from gateway.rules import Quota
 
 log = logging.getLogger("gateway.limiting")
@@ -84,6 +84,17 @@ def _parts(ex: Exchange) -> KeyParts:
     assert ex.route is not None
     subject = ex.principal.subject if ex.principal is not None else None
     return KeyParts(subject, ex.client_ip, ex.route.name)
+
+
+def _buckets(ex: Exchange, quotas: tuple[Quota, ...], parts: KeyParts) -> tuple[Bucket, ...]:
+    """The caller's buckets, computed on first use and kept on the exchange: digesting
+    the subject is the dearest part of keying, and a request calls the store up to
+    twice (more when a streamed response is accounted part by part). The exchange
+    pins its runtime, so its quotas, and these buckets, hold for the whole request."""
+    buckets = ex.quota_buckets
+    if buckets is None:
+        buckets = ex.quota_buckets = ex.runtime.state.buckets(quotas, parts)
+    return buckets
 
 
 def _record(ex: Exchange, decision: Decision) -> None:
@@ -142,14 +153,15 @@ async def limit(ex: Exchange, call_next: Handler) -> web.StreamResponse:
         return await call_next(ex)
     state = ex.runtime.state
     parts = _parts(ex)
-    held = state.held(quotas, parts)
+    buckets = _buckets(ex, quotas, parts)
+    held = state.held(quotas, parts, buckets=buckets)
     if held is not None:
         _record(ex, held)
         return _blocked(ex, held)
     if not _must_precheck(ex, quotas):
         return await call_next(ex)
     try:
-        decision = await state.precheck(quotas, parts)
+        decision = await state.precheck(quotas, parts, buckets=buckets)
     except StateUnavailable:
         refusal = _unavailable(ex)
         return refusal if refusal is not None else await call_next(ex)
@@ -173,8 +185,10 @@ async def account(ex: Exchange, records: int, ids: Sequence[str]) -> web.Respons
         return None  # nothing to count, and the pre-check has reported usage
     if records == 0 and not ids and (ex.quota or ex.state_failed):
         return None
+    parts = _parts(ex)
+    buckets = _buckets(ex, quotas, parts)
     try:
-        decision = await ex.runtime.state.account(quotas, _parts(ex), records, ids)
+        decision = await ex.runtime.state.account(quotas, parts, records, ids, buckets=buckets)
     except StateUnavailable:
         return _unavailable(ex)
     _record(ex, decision)

@@ -152,6 +152,50 @@ async def test_request_limit_blocks_before_the_upstream(
     assert up.hits == 2
 
 
+async def test_a_request_keys_its_buckets_once_for_every_call_to_the_store(
+    customers: tuple[Customers, str], tmp_path: Path
+) -> None:
+    from gateway.quota import KeyParts, MemoryBackend
+
+    _, url = customers
+    rules = rules_dir(tmp_path, "max_requests: 10, max_records: 2", per="subject")
+    gw, base = await start_gateway(url, rules, auth="jwt")
+    state = gw.runtime.state
+    assert isinstance(state, MemoryBackend)
+    calls: list[tuple[str, object]] = []
+
+    def spy(name: str) -> None:
+        real = getattr(state, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            got = real(*args, **kwargs)
+            calls.append((name, got if name == "buckets" else kwargs["buckets"]))
+            return got
+
+        setattr(state, name, call)
+
+    for name in ("buckets", "held", "precheck", "account"):
+        spy(name)
+    try:
+        async with aiohttp.ClientSession(headers=bearer("alice")) as s:
+            per_request = []
+            for cid in (1, 2, 3):
+                calls.clear()
+                await get_status(s, f"{base}/c/{cid}")
+                per_request.append([name for name, _ in calls])
+                keyed = calls[0][1]
+                # The very buckets the limit stage computed, passed to each call.
+                assert all(buckets is keyed for _, buckets in calls)
+    finally:
+        await gw.stop()
+    quotas = gw.runtime.rules.policies["customer"].quotas  # type: ignore[union-attr]
+    assert keyed == MemoryBackend(id_key=b"k" * 32).buckets(
+        quotas, KeyParts("alice", "127.0.0.1", "c")
+    )
+    full = ["buckets", "held", "precheck", "account"]
+    assert per_request == [full, full, ["buckets", "held"]]  # the third is held: no data
+
+
 @pytest.mark.parametrize(("on_failure", "status"), [("closed", 503), ("open", 200)])
 async def test_redis_outage_follows_on_failure_and_recovers(
     customers: tuple[Customers, str], tmp_path: Path, on_failure: str, status: int

@@ -190,17 +190,30 @@ class Keyer:
         return h.digest()
 
     def bucket(self, quota: Quota, parts: KeyParts) -> Bucket:
-        name = _escape(quota.name)
-        if parts.subject is None or quota.per == "client_ip":
-            tag = "i:" + self._digest(self._ip, parts.client_ip).hex()
-            shared = True
-        else:
-            tag = "s:" + self._digest(self._sub, parts.subject).hex()
-            shared = False
-        kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
-        if quota.per == "subject_route":
-            name += ":" + _escape(parts.route)
-        return Bucket(tag, f"{kind}:{name}", shared)
+        return self.buckets((quota,), parts)[0]
+
+    def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
+        """Each quota's bucket for the caller. Every tag is digested at most once: the
+        quotas of a policy usually share the subject's."""
+        ip_tag = sub_tag = ""
+        out: list[Bucket] = []
+        for quota in quotas:
+            name = _escape(quota.name)
+            if parts.subject is None or quota.per == "client_ip":
+                if not ip_tag:
+                    ip_tag = "i:" + self._digest(self._ip, parts.client_ip).hex()
+                tag = ip_tag
+                shared = True
+            else:
+                if not sub_tag:
+                    sub_tag = "s:" + self._digest(self._sub, parts.subject).hex()
+                tag = sub_tag
+                shared = False
+            kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
+            if quota.per == "subject_route":
+                name += ":" + _escape(parts.route)
+            out.append(Bucket(tag, f"{kind}:{name}", shared))
+        return tuple(out)
 
     def ids(self, ids: Sequence[str]) -> list[bytes]:
         """Digests of customer ids, duplicates removed, order kept."""

@@ -172,12 +172,20 @@ class MemoryBackend:
         self._spans[key] = max(self._spans.get(key, 0), q.window * 1000)
         return win
 
+    def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
+        return self._keyer.buckets(quotas, parts)
+
     def _open(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None
-    ) -> tuple[list[Bucket], list[Window], list[int]]:
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None,
+        buckets: Sequence[Bucket] | None,
+    ) -> tuple[Sequence[Bucket], list[Window], list[int]]:
         ms = self._ms(now)
         self._sweep(ms)
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
         wins = [self._window(b, q) for b, q in zip(buckets, quotas, strict=True)]
         times = [w.clock(ms) for w in wins]
         for q, w, t in zip(quotas, wins, times, strict=True):
@@ -185,9 +193,14 @@ class MemoryBackend:
         return buckets, wins, times
 
     async def precheck(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
-        buckets, wins, times = self._open(quotas, parts, now)
+        buckets, wins, times = self._open(quotas, parts, now, buckets)
         obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
         blocked = False
         for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
@@ -205,7 +218,7 @@ class MemoryBackend:
     def _learn(
         self,
         quotas: Sequence[Quota],
-        buckets: list[Bucket],
+        buckets: Sequence[Bucket],
         wins: list[Window],
         times: list[int],
         obs: list[Observation],
@@ -218,11 +231,17 @@ class MemoryBackend:
         return decision
 
     def held(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision | None:
         if not quotas or not self._holds:
             return None
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
         return self._holds.check(quotas, buckets, self._seconds(now))
 
     async def account(
@@ -232,9 +251,11 @@ class MemoryBackend:
         records: int,
         ids: Sequence[str],
         now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         digests = self._keyer.ids(ids)
-        buckets, wins, times = self._open(quotas, parts, now)
+        buckets, wins, times = self._open(quotas, parts, now, buckets)
         obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
         fresh: list[list[bytes]] = []
         blocked = False

@@ -269,13 +269,15 @@ class RedisBackend:
         now: float | None,
         records: int = 0,
         digests: Sequence[bytes] = (),
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         if not quotas:
             return Decision(True, {})
         # Holds are relative to when the call was sent: the server's clock read
         # later, so a hold can only end early here, never late.
         sent = time.monotonic() if now is None else now
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
         # Unique log member for this call: this backend's random origin and a counter.
         token = f"{self._origin}{next(self._calls):x}"
         counted = records if mode == "a" else None
@@ -382,19 +384,33 @@ class RedisBackend:
             o.hold_ms.clear()
         await self._call(UNDO_SHA, UNDO, keys, args)
 
+    def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
+        return self._keyer.buckets(quotas, parts)
+
     def held(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision | None:
         self._listen()
         if not quotas or not self._holds:
             return None
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
         return self._holds.check(quotas, buckets, time.monotonic() if now is None else now)
 
     async def precheck(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
-        return await self._decide("p", quotas, parts, now)
+        return await self._decide("p", quotas, parts, now, buckets=buckets)
 
     async def account(
         self,
@@ -403,8 +419,11 @@ class RedisBackend:
         records: int,
         ids: Sequence[str],
         now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
-        return await self._decide("a", quotas, parts, now, records, self._keyer.ids(ids))
+        digests = self._keyer.ids(ids)
+        return await self._decide("a", quotas, parts, now, records, digests, buckets)
 
     async def ping(self) -> None:
         # The health watch pings from start-up: listening for holds starts with it.

@@ -47,6 +47,22 @@ def test_subject_quotas_share_the_subject_tag() -> None:
     assert len(tags) == 1
 
 
+def test_buckets_of_several_quotas_are_each_quotas_bucket() -> None:
+    keyer = Keyer(b"k")
+    qs = [
+        Quota(n, per, 60, {}, {"records": 1})
+        for n, per in (
+            ("a", "subject"),
+            ("b", "client_ip"),
+            ("c", "subject_route"),
+            ("d", "subject"),
+        )
+    ]
+    for parts in (ALICE, KeyParts(None, "10.0.0.2", "customers")):
+        assert keyer.buckets(qs, parts) == tuple(Keyer(b"k").bucket(q, parts) for q in qs)
+    assert keyer.buckets([], ALICE) == ()
+
+
 def test_id_digests_are_keyed_deduplicated_and_opaque() -> None:
     a, b = Keyer(b"one"), Keyer(b"two")
     got = a.ids(["110101199003074514", "x", "110101199003074514"])
