@@ -50,8 +50,9 @@ threshold) after the call; ``crossed`` those this very call took from below
 to at-or-above, so a metric counts one alert event per crossing, not one per
 request while the caller stays above.
 
-Only metrics a quota declares (``alert_*`` or ``max_*``) are tracked: a quota
-with only ``max_records`` keeps no id set. Untracked metrics read ``None``.
+Only metrics a quota declares (``alert_*`` or ``max_*``) are tracked
+(``Quota.tracks``): a quota with only ``max_records`` keeps no id set.
+Untracked metrics read ``None``.
 
 Holds
 =====
@@ -131,12 +132,6 @@ class Bucket:
     shared: bool
 
 
-def tracked(quota: Quota) -> tuple[bool, bool, bool]:
-    """(records, distinct, requests): the metrics the quota declares."""
-    on = [m in quota.limits or m in quota.alerts for m in METRICS]
-    return on[0], on[1], on[2]
-
-
 def counts_requests(quotas: Sequence[Quota]) -> bool:
     """Whether any of the quotas counts requests (which must happen before the upstream)."""
     return any("requests" in q.limits or "requests" in q.alerts for q in quotas)
@@ -151,13 +146,10 @@ def fingerprint(quota: Quota) -> str:
     """What a hold depends on: the window and the maxima (``w_ms:records:distinct:requests``).
 
     A hold learnt under one definition never applies to another (a reload that
-    raises a limit ends it), and the Redis script builds the same string.
+    raises a limit ends it), and the Redis script builds the same string. Built
+    once when the quota is loaded (``Quota.fingerprint``).
     """
-    lim = quota.limits
-    return (
-        f"{quota.window * 1000}:{lim.get('records', 0)}:{lim.get('distinct', 0)}"
-        f":{lim.get('requests', 0)}"
-    )
+    return quota.fingerprint
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -169,10 +161,14 @@ def _escape(name: str) -> str:
     return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
 
 
+# Bucket names a Keyer remembers (quota and route names: a few per rule set).
+_MAX_NAMES = 4096
+
+
 class Keyer:
     """The key scheme, keyed with the deployment's hash key (built once)."""
 
-    __slots__ = ("_id", "_ip", "_sub")
+    __slots__ = ("_id", "_ip", "_names", "_sub")
 
     def __init__(self, id_key: bytes = b"") -> None:
         # BLAKE2b takes a key of at most 64 bytes; longer keys are hashed first.
@@ -182,6 +178,9 @@ class Keyer:
         self._ip = hashlib.blake2b(digest_size=12, key=key, person=b"gw-quota-ip")
         self._sub = hashlib.blake2b(digest_size=12, key=key, person=b"gw-quota-sub")
         self._id = hashlib.blake2b(digest_size=16, key=key, person=b"gw-quota-id")
+        # Bucket names by (quota, per, route): escaping is a regex pass per name, and
+        # the names come from the rules and routes, so a handful serve every request.
+        self._names: dict[tuple[str, str, str], str] = {}
 
     @staticmethod
     def _digest(base: hashlib.blake2b, text: str) -> bytes:
@@ -192,13 +191,26 @@ class Keyer:
     def bucket(self, quota: Quota, parts: KeyParts) -> Bucket:
         return self.buckets((quota,), parts)[0]
 
+    def _name(self, quota: Quota, route: str) -> str:
+        """``<kind>:<quota>[:<route>]``, escaped (see the module docstring, "Keys")."""
+        key = (quota.name, quota.per, route if quota.per == "subject_route" else "")
+        name = self._names.get(key)
+        if name is None:
+            name = _escape(quota.name)
+            kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
+            if quota.per == "subject_route":
+                name += ":" + _escape(route)
+            if len(self._names) >= _MAX_NAMES:  # only reloads renaming things get here
+                self._names.clear()
+            name = self._names[key] = f"{kind}:{name}"
+        return name
+
     def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
         """Each quota's bucket for the caller. Every tag is digested at most once: the
         quotas of a policy usually share the subject's."""
         ip_tag = sub_tag = ""
         out: list[Bucket] = []
         for quota in quotas:
-            name = _escape(quota.name)
             if parts.subject is None or quota.per == "client_ip":
                 if not ip_tag:
                     ip_tag = "i:" + self._digest(self._ip, parts.client_ip).hex()
@@ -209,10 +221,7 @@ class Keyer:
                     sub_tag = "s:" + self._digest(self._sub, parts.subject).hex()
                 tag = sub_tag
                 shared = False
-            kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
-            if quota.per == "subject_route":
-                name += ":" + _escape(parts.route)
-            out.append(Bucket(tag, f"{kind}:{name}", shared))
+            out.append(Bucket(tag, self._name(quota, parts.route), shared))
         return tuple(out)
 
     def ids(self, ids: Sequence[str]) -> list[bytes]:

@@ -35,7 +35,6 @@ from gateway.quota.engine import (
     Bucket,
     Decision,
     QuotaUsage,
-    fingerprint,
     seconds,
     to_ms,
 )
@@ -107,7 +106,7 @@ class Holds:
         for q, b in zip(quotas, buckets, strict=True):
             u = decision.usage.get(q.name)
             if u is not None:
-                self.put(b.tag, b.name, fingerprint(q), u.hold_ms, u.used, now)
+                self.put(b.tag, b.name, q.fingerprint, u.hold_ms, u.used, now)
 
     def check(
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float
@@ -126,7 +125,7 @@ class Holds:
         for q, b in zip(quotas, buckets, strict=True):
             key = (b.tag, b.name)
             h = self._entries.get(key)
-            if h is None or h.fingerprint != fingerprint(q):
+            if h is None or h.fingerprint != q.fingerprint:
                 continue
             wait = h.until_ms - now_ms
             if wait <= 0:

@@ -36,7 +36,6 @@ from gateway.quota.engine import (
     Observation,
     decide,
     to_ms,
-    tracked,
 )
 from gateway.quota.holds import Holds
 from gateway.rules.model import Quota
@@ -99,7 +98,7 @@ class Window:
         One more request must fit ``max_requests``; records usage must be below
         ``max_records``. ``max_distinct`` is not pre-checked (see the engine's rules).
         """
-        w = q.window * 1000
+        w = q.window_ms
         lim = q.limits
         out: dict[str, int] = {}
         if "requests" in lim and len(self.requests) + 1 > lim["requests"]:
@@ -110,9 +109,9 @@ class Window:
         return out
 
     def observe(self, q: Quota, now: int) -> Observation:
-        tr, td, tq = tracked(q)
+        tr, td, tq = q.tracks
         o = Observation()
-        w = q.window * 1000
+        w = q.window_ms
         for on, metric, oldest in (
             (tr, "records", self.events[0][0] if self.events else None),
             (td, "distinct", next(iter(self.ids.values())) if self.ids else None),
@@ -169,7 +168,7 @@ class MemoryBackend:
         else:
             self._windows.move_to_end(key)
         # The longest window any quota used with this bucket keeps it alive.
-        self._spans[key] = max(self._spans.get(key, 0), q.window * 1000)
+        self._spans[key] = max(self._spans.get(key, 0), q.window_ms)
         return win
 
     def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
@@ -189,7 +188,7 @@ class MemoryBackend:
         wins = [self._window(b, q) for b, q in zip(buckets, quotas, strict=True)]
         times = [w.clock(ms) for w in wins]
         for q, w, t in zip(quotas, wins, times, strict=True):
-            w.prune(t, q.window * 1000)
+            w.prune(t, q.window_ms)
         return buckets, wins, times
 
     async def precheck(
@@ -208,11 +207,11 @@ class MemoryBackend:
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
             for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
-                if tracked(q)[2]:
+                if q.tracks[2]:
                     win.requests.append(t)
                     o.added["requests"] = 1
                     o.used["requests"] += 1
-                    o.reset_ms.setdefault("requests", q.window * 1000)
+                    o.reset_ms.setdefault("requests", q.window_ms)
         return self._learn(quotas, buckets, wins, times, obs, now)
 
     def _learn(
@@ -260,9 +259,9 @@ class MemoryBackend:
         fresh: list[list[bytes]] = []
         blocked = False
         for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
-            w = q.window * 1000
+            w = q.window_ms
             lim = q.limits
-            new = [d for d in digests if d not in win.ids] if tracked(q)[1] else []
+            new = [d for d in digests if d not in win.ids] if q.tracks[1] else []
             fresh.append(new)
             if "records" in lim and win.records + records > lim["records"]:
                 if records > lim["records"]:
@@ -282,8 +281,8 @@ class MemoryBackend:
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
             for q, win, t, o, new in zip(quotas, wins, times, obs, fresh, strict=True):
-                tr, td, _ = tracked(q)
-                w = q.window * 1000
+                tr, td, _ = q.tracks
+                w = q.window_ms
                 if tr and records > 0:
                     win.events.append((t, records))
                     win.records += records

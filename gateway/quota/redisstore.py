@@ -97,9 +97,7 @@ from gateway.quota.engine import (
     KeyParts,
     Observation,
     decide,
-    fingerprint,
     to_ms,
-    tracked,
 )
 from gateway.quota.holds import Holds
 from gateway.quota.lua import PER_QUOTA, SCRIPT, SCRIPT_SHA, UNDO, UNDO_SHA
@@ -232,9 +230,9 @@ class RedisBackend:
         ]
         for q, b in zip(quotas, buckets, strict=True):
             keys += self.keys(b)
-            tr, td, tq = tracked(q)
+            tr, td, tq = q.tracks
             lim = q.limits
-            args += [q.window * 1000, int(tr), int(td), int(tq)]
+            args += [q.window_ms, int(tr), int(td), int(tq)]
             args += [lim.get("records", 0), lim.get("distinct", 0), lim.get("requests", 0)]
         if records is not None:
             args.append(records)
@@ -312,7 +310,7 @@ class RedisBackend:
             pending = ""
             if last and not blocked:
                 pending = "\n".join(
-                    _line(self.keys(buckets[i])[0][:-2], fingerprint(quotas[i]), o)
+                    _line(self.keys(buckets[i])[0][:-2], quotas[i].fingerprint, o)
                     for i, o in enumerate(obs)
                     if o is not None and max(o.hold_ms.values(), default=0) > _SHORTEST
                 )
@@ -372,7 +370,7 @@ class RedisBackend:
             assert o is not None
             added = dict(o.added)
             args += [int("requests" in added), int("records" in added)]
-            prev = olds[pos] if olds and tracked(quotas[i])[1] else []
+            prev = olds[pos] if olds and quotas[i].tracks[1] else []
             args.append(len(prev))
             for d, old in zip(digests, prev, strict=False):
                 args += [d, old]
