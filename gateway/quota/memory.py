@@ -109,22 +109,28 @@ class Window:
         return out
 
     def observe(self, q: Quota, now: int) -> Observation:
+        """Usage of the metrics ``q`` tracks, and when the oldest entry of each leaves.
+
+        Spelt out metric by metric, in METRICS order (the order usage is reported in):
+        this runs for every quota of every call.
+        """
         tr, td, tq = q.tracks
         o = Observation()
-        w = q.window_ms
-        for on, metric, oldest in (
-            (tr, "records", self.events[0][0] if self.events else None),
-            (td, "distinct", next(iter(self.ids.values())) if self.ids else None),
-            (tq, "requests", self.requests[0] if self.requests else None),
-        ):
-            if on:
-                o.used[metric] = {
-                    "records": self.records,
-                    "distinct": len(self.ids),
-                    "requests": len(self.requests),
-                }[metric]
-                if oldest is not None:
-                    o.reset_ms[metric] = oldest + w - now
+        used, reset = o.used, o.reset_ms
+        w = q.window_ms - now
+        if tr:
+            used["records"] = self.records
+            if self.events:
+                reset["records"] = self.events[0][0] + w
+        if td:
+            ids = self.ids
+            used["distinct"] = len(ids)
+            if ids:
+                reset["distinct"] = next(iter(ids.values())) + w
+        if tq:
+            used["requests"] = len(self.requests)
+            if self.requests:
+                reset["requests"] = self.requests[0] + w
         return o
 
 
@@ -160,16 +166,23 @@ class MemoryBackend:
             del windows[key]
             del spans[key]
 
-    def _window(self, b: Bucket, q: Quota) -> Window:
+    def _window(self, b: Bucket, q: Quota, now: int) -> tuple[Window, int]:
+        """The bucket's window (made, or moved to the recent end), pruned at ``now``;
+        and the window's own time (never behind its last call)."""
         key = (b.tag, b.name)
-        win = self._windows.get(key)
+        windows, spans = self._windows, self._spans
+        win = windows.get(key)
         if win is None:
-            win = self._windows[key] = Window()
+            win = windows[key] = Window()
+            spans[key] = q.window_ms
         else:
-            self._windows.move_to_end(key)
-        # The longest window any quota used with this bucket keeps it alive.
-        self._spans[key] = max(self._spans.get(key, 0), q.window_ms)
-        return win
+            windows.move_to_end(key)
+            # The longest window any quota used with this bucket keeps it alive.
+            if spans[key] < q.window_ms:
+                spans[key] = q.window_ms
+        t = win.clock(now)
+        win.prune(t, q.window_ms)
+        return win, t
 
     def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
         return self._keyer.buckets(quotas, parts)
@@ -185,10 +198,14 @@ class MemoryBackend:
         self._sweep(ms)
         if buckets is None:
             buckets = self._keyer.buckets(quotas, parts)
-        wins = [self._window(b, q) for b, q in zip(buckets, quotas, strict=True)]
-        times = [w.clock(ms) for w in wins]
-        for q, w, t in zip(quotas, wins, times, strict=True):
-            w.prune(t, q.window_ms)
+        wins: list[Window] = []
+        times: list[int] = []
+        # One pass per quota: a call's buckets are distinct, so each window is found,
+        # clocked and pruned independently of the others.
+        for b, q in zip(buckets, quotas, strict=True):
+            win, t = self._window(b, q, ms)
+            wins.append(win)
+            times.append(t)
         return buckets, wins, times
 
     async def precheck(
