@@ -98,12 +98,13 @@ def _buckets(ex: Exchange, quotas: tuple[Quota, ...], parts: KeyParts) -> tuple[
 
 
 def _record(ex: Exchange, decision: Decision) -> None:
-    ex.quota = {
-        name: {"used": dict(u.used), "limit": dict(u.limits), "alert": list(u.alert)}
-        for name, u in decision.usage.items()
-    }
-    # A pre-check crosses request alerts, an account record and distinct ones: keep both.
-    ex.quota_alerts += [(name, m) for name, u in decision.usage.items() for m in u.crossed]
+    quota: dict[str, dict[str, object]] = {}
+    for name, u in decision.usage.items():
+        quota[name] = {"used": dict(u.used), "limit": dict(u.limits), "alert": list(u.alert)}
+        # A pre-check crosses request alerts, an account record and distinct ones: keep both.
+        if u.crossed:
+            ex.quota_alerts += [(name, m) for m in u.crossed]
+    ex.quota = quota
     ex.response_headers.update(ratelimit_headers(decision))
 
 

@@ -95,6 +95,7 @@ describe other people's traffic.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -313,37 +314,46 @@ def decide(
     usage: dict[str, QuotaUsage] = {}
     worst: tuple[int, str, str] | None = None
     for q, b, o in zip(quotas, buckets, obs, strict=True):
-        alert: list[str] = []
-        crossed: list[str] = []
-        for m, threshold in q.alerts.items():
-            used = o.used.get(m)
-            if used is not None and used >= threshold:
-                alert.append(m)
-                if used - o.added.get(m, 0) < threshold:
-                    crossed.append(m)
+        alert: tuple[str, ...] = ()
+        crossed: tuple[str, ...] = ()
+        if q.alerts:
+            # Walked in METRICS order, the order alerts are reported in.
+            reached: list[str] = []
+            new: list[str] = []
+            for m in METRICS:
+                threshold = q.alerts.get(m)
+                used = o.used.get(m)
+                if threshold is not None and used is not None and used >= threshold:
+                    reached.append(m)
+                    if used - o.added.get(m, 0) < threshold:
+                        new.append(m)
+            alert, crossed = tuple(reached), tuple(new)
         usage[q.name] = QuotaUsage(
             q.name,
             q.window,
             q.limits,
             dict(o.used),
-            tuple(sorted(alert, key=METRICS.index)),
-            tuple(sorted(crossed, key=METRICS.index)),
+            alert,
+            crossed,
             {m: (seconds(ms) if ms > 0 else 0) for m, ms in o.reset_ms.items()},
             b.shared,
             dict(o.hold_ms),
         )
-        for m in METRICS:
-            ms = o.retry_ms.get(m)
-            # Strictly greater: on a tie the first quota (file order) names the block.
-            if ms is not None and (worst is None or ms > worst[0]):
-                worst = (ms, q.name, m)
+        if o.retry_ms:
+            for m in METRICS:
+                ms = o.retry_ms.get(m)
+                # Strictly greater: on a tie the first quota (file order) names the block.
+                if ms is not None and (worst is None or ms > worst[0]):
+                    worst = (ms, q.name, m)
     if worst is None:
         return Decision(True, usage)
     return Decision(False, usage, worst[1], worst[2], seconds(worst[0]))
 
 
+@functools.lru_cache(maxsize=1024)
 def _sf_string(text: str) -> str:
-    # RFC 8941 sf-string: printable ASCII only, with " and \ escaped.
+    # RFC 8941 sf-string: printable ASCII only, with " and \ escaped. Cached: the text
+    # is a quota name, one of a few, and this runs for every response.
     clean = "".join(c if " " <= c <= "~" else "_" for c in text)
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
