@@ -60,7 +60,7 @@ from aiohttp import web
 from gateway.exchange import Exchange, Handler
 from gateway.problem import problem
 from gateway.quota import Decision, KeyParts, StateUnavailable, ratelimit_headers
-from gateway.quota.engine import Bucket, counts_requests, counts_responses
+from gateway.quota.engine import Bucket
 from gateway.rules import Quota
 
 log = logging.getLogger("gateway.limiting")
@@ -74,10 +74,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 def quotas_of(ex: Exchange) -> tuple[Quota, ...]:
-    route, rules = ex.route, ex.runtime.rules
-    if route is None or route.policy is None or rules is None:
-        return ()
-    return rules.policies[route.policy].quotas
+    # Looked up when the route was compiled, with the rules this exchange's runtime holds.
+    route = ex.route
+    return () if route is None else route.rules.quotas
 
 
 def _parts(ex: Exchange) -> KeyParts:
@@ -137,10 +136,11 @@ def _blocked(ex: Exchange, decision: Decision) -> web.Response:
     )
 
 
-def _must_precheck(ex: Exchange, quotas: tuple[Quota, ...]) -> bool:
+def _must_precheck(ex: Exchange) -> bool:
     """Whether the store must be asked before the upstream (see the module docstring)."""
+    assert ex.route is not None
     return (
-        counts_requests(quotas)
+        ex.route.rules.counts_requests
         or ex.request.method not in SAFE_METHODS
         or not ex.runtime.state.healthy
     )
@@ -159,7 +159,7 @@ async def limit(ex: Exchange, call_next: Handler) -> web.StreamResponse:
     if held is not None:
         _record(ex, held)
         return _blocked(ex, held)
-    if not _must_precheck(ex, quotas):
+    if not _must_precheck(ex):
         return await call_next(ex)
     try:
         decision = await state.precheck(quotas, parts, buckets=buckets)
@@ -181,9 +181,10 @@ async def account(ex: Exchange, records: int, ids: Sequence[str]) -> web.Respons
     before the upstream: it reports usage (audit, RateLimit headers) and teaches
     this process any hold, at the cost of the one round trip every request makes.
     """
-    quotas = quotas_of(ex)
-    if not quotas or not counts_responses(quotas):
+    route = ex.route
+    if route is None or not route.rules.counts_responses:
         return None  # nothing to count, and the pre-check has reported usage
+    quotas = route.rules.quotas
     if records == 0 and not ids and (ex.quota or ex.state_failed):
         return None
     parts = _parts(ex)

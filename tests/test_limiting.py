@@ -95,6 +95,36 @@ async def start_gateway(
     return gw, f"http://{host}:{port}"
 
 
+@pytest.mark.parametrize(
+    ("limits", "requests", "responses"),
+    [
+        ("max_requests: 3, max_records: 100", True, True),
+        ("max_requests: 3", True, False),
+        ("alert_distinct: 5", False, True),
+    ],
+)
+def test_a_compiled_route_carries_its_policys_quotas(
+    tmp_path: Path, limits: str, requests: bool, responses: bool
+) -> None:
+    config = Config.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "upstreams": {"app": {"url": "http://127.0.0.1:9"}},
+            "routes": [
+                {"name": "c", "path": "/c/*", "upstream": "app", "policy": "customer"},
+                {"name": "open", "path": "/o/*", "upstream": "app"},
+            ],
+            "rules": str(rules_dir(tmp_path, limits)),
+        }
+    )
+    compiled = compile_config(config, env=ENV)
+    assert compiled.rules is not None
+    with_policy, without = compiled.routes
+    assert with_policy.quotas == compiled.rules.policies["customer"].quotas
+    assert (with_policy.counts_requests, with_policy.counts_responses) == (requests, responses)
+    assert (without.quotas, without.counts_requests, without.counts_responses) == ((), False, False)
+
+
 @pytest.fixture
 async def customers(upstream_factory: UpstreamFactory) -> tuple[Customers, str]:
     c = Customers()
