@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.types import Principal
 
 if TYPE_CHECKING:
+    from gateway.quota.engine import Bucket
     from gateway.runtime import RouteRuntime, Runtime
 
 
@@ -57,6 +58,9 @@ class Exchange:
     blocked_quota: str | None = None
     state_failed: bool = False
     response_headers: dict[str, str] = field(default_factory=dict)
+    # The caller's quota buckets (keyed digests of the subject or address), computed
+    # once by the limit stage for every call this request makes to the state store.
+    quota_buckets: tuple[Bucket, ...] | None = None
 
     def gateway_origin(self) -> str:
         """The gateway's origin as the caller addressed it ("" when Host is unusable)."""

@@ -60,7 +60,7 @@ from aiohttp import web
 from gateway.exchange import Exchange, Handler
 from gateway.problem import problem
 from gateway.quota import Decision, KeyParts, StateUnavailable, ratelimit_headers
-from gateway.quota.engine import counts_requests, counts_responses
+from gateway.quota.engine import Bucket
 from gateway.rules import Quota
 
 log = logging.getLogger("gateway.limiting")
@@ -74,10 +74,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 def quotas_of(ex: Exchange) -> tuple[Quota, ...]:
-    route, rules = ex.route, ex.runtime.rules
-    if route is None or route.policy is None or rules is None:
-        return ()
-    return rules.policies[route.policy].quotas
+    # Looked up when the route was compiled, with the rules this exchange's runtime holds.
+    route = ex.route
+    return () if route is None else route.rules.quotas
 
 
 def _parts(ex: Exchange) -> KeyParts:
@@ -86,13 +85,25 @@ def _parts(ex: Exchange) -> KeyParts:
     return KeyParts(subject, ex.client_ip, ex.route.name)
 
 
+def _buckets(ex: Exchange, quotas: tuple[Quota, ...], parts: KeyParts) -> tuple[Bucket, ...]:
+    """The caller's buckets, computed on first use and kept on the exchange: digesting
+    the subject is the dearest part of keying, and a request calls the store up to
+    twice (more when a streamed response is accounted part by part). The exchange
+    pins its runtime, so its quotas, and these buckets, hold for the whole request."""
+    buckets = ex.quota_buckets
+    if buckets is None:
+        buckets = ex.quota_buckets = ex.runtime.state.buckets(quotas, parts)
+    return buckets
+
+
 def _record(ex: Exchange, decision: Decision) -> None:
-    ex.quota = {
-        name: {"used": dict(u.used), "limit": dict(u.limits), "alert": list(u.alert)}
-        for name, u in decision.usage.items()
-    }
-    # A pre-check crosses request alerts, an account record and distinct ones: keep both.
-    ex.quota_alerts += [(name, m) for name, u in decision.usage.items() for m in u.crossed]
+    quota: dict[str, dict[str, object]] = {}
+    for name, u in decision.usage.items():
+        quota[name] = {"used": dict(u.used), "limit": dict(u.limits), "alert": list(u.alert)}
+        # A pre-check crosses request alerts, an account record and distinct ones: keep both.
+        if u.crossed:
+            ex.quota_alerts += [(name, m) for m in u.crossed]
+    ex.quota = quota
     ex.response_headers.update(ratelimit_headers(decision))
 
 
@@ -125,10 +136,11 @@ def _blocked(ex: Exchange, decision: Decision) -> web.Response:
     )
 
 
-def _must_precheck(ex: Exchange, quotas: tuple[Quota, ...]) -> bool:
+def _must_precheck(ex: Exchange) -> bool:
     """Whether the store must be asked before the upstream (see the module docstring)."""
+    assert ex.route is not None
     return (
-        counts_requests(quotas)
+        ex.route.rules.counts_requests
         or ex.request.method not in SAFE_METHODS
         or not ex.runtime.state.healthy
     )
@@ -142,14 +154,15 @@ async def limit(ex: Exchange, call_next: Handler) -> web.StreamResponse:
         return await call_next(ex)
     state = ex.runtime.state
     parts = _parts(ex)
-    held = state.held(quotas, parts)
+    buckets = _buckets(ex, quotas, parts)
+    held = state.held(quotas, parts, buckets=buckets)
     if held is not None:
         _record(ex, held)
         return _blocked(ex, held)
-    if not _must_precheck(ex, quotas):
+    if not _must_precheck(ex):
         return await call_next(ex)
     try:
-        decision = await state.precheck(quotas, parts)
+        decision = await state.precheck(quotas, parts, buckets=buckets)
     except StateUnavailable:
         refusal = _unavailable(ex)
         return refusal if refusal is not None else await call_next(ex)
@@ -168,13 +181,16 @@ async def account(ex: Exchange, records: int, ids: Sequence[str]) -> web.Respons
     before the upstream: it reports usage (audit, RateLimit headers) and teaches
     this process any hold, at the cost of the one round trip every request makes.
     """
-    quotas = quotas_of(ex)
-    if not quotas or not counts_responses(quotas):
+    route = ex.route
+    if route is None or not route.rules.counts_responses:
         return None  # nothing to count, and the pre-check has reported usage
+    quotas = route.rules.quotas
     if records == 0 and not ids and (ex.quota or ex.state_failed):
         return None
+    parts = _parts(ex)
+    buckets = _buckets(ex, quotas, parts)
     try:
-        decision = await ex.runtime.state.account(quotas, _parts(ex), records, ids)
+        decision = await ex.runtime.state.account(quotas, parts, records, ids, buckets=buckets)
     except StateUnavailable:
         return _unavailable(ex)
     _record(ex, decision)

@@ -30,8 +30,10 @@ from gateway.config import Config, RouteConfig, UpstreamConfig
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.jsoncodec import decode, encode
 from gateway.quota import QuotaBackend
+from gateway.quota.engine import counts_requests, counts_responses
 from gateway.routing import Router
 from gateway.rules import RecordSpec, RuleSet, compile_records, load_rules
+from gateway.rules.model import Quota
 from gateway.types import Principal
 from gateway.upstream import UpstreamClient
 
@@ -50,6 +52,12 @@ class RouteRules:
     networks: tuple[Network, ...] | None
     hours: HoursWindow | None
     records: RecordSpec | None
+    # The policy's quotas, and whether any counts requests (the store is asked before
+    # the upstream) or records and customers (asked on account): gateway.limiting reads
+    # them on every request.
+    quotas: tuple[Quota, ...] = ()
+    counts_requests: bool = False
+    counts_responses: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +200,18 @@ def _compile_route(
         except ValueError as exc:
             issues.append(config.issue((*at, "records", "path"), str(exc)))
     networks = parse_networks(route.allow_networks) if route.allow_networks is not None else None
-    return RouteRules(min_level, networks, hours, records)
+    quotas: tuple[Quota, ...] = ()
+    if route.policy is not None and rules is not None and route.policy in rules.policies:
+        quotas = rules.policies[route.policy].quotas
+    return RouteRules(
+        min_level,
+        networks,
+        hours,
+        records,
+        quotas,
+        counts_requests(quotas),
+        counts_responses(quotas),
+    )
 
 
 # --- upstream clients -----------------------------------------------------------------

@@ -95,6 +95,36 @@ async def start_gateway(
     return gw, f"http://{host}:{port}"
 
 
+@pytest.mark.parametrize(
+    ("limits", "requests", "responses"),
+    [
+        ("max_requests: 3, max_records: 100", True, True),
+        ("max_requests: 3", True, False),
+        ("alert_distinct: 5", False, True),
+    ],
+)
+def test_a_compiled_route_carries_its_policys_quotas(
+    tmp_path: Path, limits: str, requests: bool, responses: bool
+) -> None:
+    config = Config.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "upstreams": {"app": {"url": "http://127.0.0.1:9"}},
+            "routes": [
+                {"name": "c", "path": "/c/*", "upstream": "app", "policy": "customer"},
+                {"name": "open", "path": "/o/*", "upstream": "app"},
+            ],
+            "rules": str(rules_dir(tmp_path, limits)),
+        }
+    )
+    compiled = compile_config(config, env=ENV)
+    assert compiled.rules is not None
+    with_policy, without = compiled.routes
+    assert with_policy.quotas == compiled.rules.policies["customer"].quotas
+    assert (with_policy.counts_requests, with_policy.counts_responses) == (requests, responses)
+    assert (without.quotas, without.counts_requests, without.counts_responses) == ((), False, False)
+
+
 @pytest.fixture
 async def customers(upstream_factory: UpstreamFactory) -> tuple[Customers, str]:
     c = Customers()
@@ -150,6 +180,50 @@ async def test_request_limit_blocks_before_the_upstream(
         await gw.stop()
     assert statuses == [200, 200, 429, 429]
     assert up.hits == 2
+
+
+async def test_a_request_keys_its_buckets_once_for_every_call_to_the_store(
+    customers: tuple[Customers, str], tmp_path: Path
+) -> None:
+    from gateway.quota import KeyParts, MemoryBackend
+
+    _, url = customers
+    rules = rules_dir(tmp_path, "max_requests: 10, max_records: 2", per="subject")
+    gw, base = await start_gateway(url, rules, auth="jwt")
+    state = gw.runtime.state
+    assert isinstance(state, MemoryBackend)
+    calls: list[tuple[str, object]] = []
+
+    def spy(name: str) -> None:
+        real = getattr(state, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            got = real(*args, **kwargs)
+            calls.append((name, got if name == "buckets" else kwargs["buckets"]))
+            return got
+
+        setattr(state, name, call)
+
+    for name in ("buckets", "held", "precheck", "account"):
+        spy(name)
+    try:
+        async with aiohttp.ClientSession(headers=bearer("alice")) as s:
+            per_request = []
+            for cid in (1, 2, 3):
+                calls.clear()
+                await get_status(s, f"{base}/c/{cid}")
+                per_request.append([name for name, _ in calls])
+                keyed = calls[0][1]
+                # The very buckets the limit stage computed, passed to each call.
+                assert all(buckets is keyed for _, buckets in calls)
+    finally:
+        await gw.stop()
+    quotas = gw.runtime.rules.policies["customer"].quotas  # type: ignore[union-attr]
+    assert keyed == MemoryBackend(id_key=b"k" * 32).buckets(
+        quotas, KeyParts("alice", "127.0.0.1", "c")
+    )
+    full = ["buckets", "held", "precheck", "account"]
+    assert per_request == [full, full, ["buckets", "held"]]  # the third is held: no data
 
 
 @pytest.mark.parametrize(("on_failure", "status"), [("closed", 503), ("open", 200)])

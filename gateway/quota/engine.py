@@ -50,8 +50,9 @@ threshold) after the call; ``crossed`` those this very call took from below
 to at-or-above, so a metric counts one alert event per crossing, not one per
 request while the caller stays above.
 
-Only metrics a quota declares (``alert_*`` or ``max_*``) are tracked: a quota
-with only ``max_records`` keeps no id set. Untracked metrics read ``None``.
+Only metrics a quota declares (``alert_*`` or ``max_*``) are tracked
+(``Quota.tracks``): a quota with only ``max_records`` keeps no id set.
+Untracked metrics read ``None``.
 
 Holds
 =====
@@ -94,6 +95,7 @@ describe other people's traffic.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -131,12 +133,6 @@ class Bucket:
     shared: bool
 
 
-def tracked(quota: Quota) -> tuple[bool, bool, bool]:
-    """(records, distinct, requests): the metrics the quota declares."""
-    on = [m in quota.limits or m in quota.alerts for m in METRICS]
-    return on[0], on[1], on[2]
-
-
 def counts_requests(quotas: Sequence[Quota]) -> bool:
     """Whether any of the quotas counts requests (which must happen before the upstream)."""
     return any("requests" in q.limits or "requests" in q.alerts for q in quotas)
@@ -151,13 +147,10 @@ def fingerprint(quota: Quota) -> str:
     """What a hold depends on: the window and the maxima (``w_ms:records:distinct:requests``).
 
     A hold learnt under one definition never applies to another (a reload that
-    raises a limit ends it), and the Redis script builds the same string.
+    raises a limit ends it), and the Redis script builds the same string. Built
+    once when the quota is loaded (``Quota.fingerprint``).
     """
-    lim = quota.limits
-    return (
-        f"{quota.window * 1000}:{lim.get('records', 0)}:{lim.get('distinct', 0)}"
-        f":{lim.get('requests', 0)}"
-    )
+    return quota.fingerprint
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -169,10 +162,14 @@ def _escape(name: str) -> str:
     return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
 
 
+# Bucket names a Keyer remembers (quota and route names: a few per rule set).
+_MAX_NAMES = 4096
+
+
 class Keyer:
     """The key scheme, keyed with the deployment's hash key (built once)."""
 
-    __slots__ = ("_id", "_ip", "_sub")
+    __slots__ = ("_id", "_ip", "_names", "_sub")
 
     def __init__(self, id_key: bytes = b"") -> None:
         # BLAKE2b takes a key of at most 64 bytes; longer keys are hashed first.
@@ -182,6 +179,9 @@ class Keyer:
         self._ip = hashlib.blake2b(digest_size=12, key=key, person=b"gw-quota-ip")
         self._sub = hashlib.blake2b(digest_size=12, key=key, person=b"gw-quota-sub")
         self._id = hashlib.blake2b(digest_size=16, key=key, person=b"gw-quota-id")
+        # Bucket names by (quota, per, route): escaping is a regex pass per name, and
+        # the names come from the rules and routes, so a handful serve every request.
+        self._names: dict[tuple[str, str, str], str] = {}
 
     @staticmethod
     def _digest(base: hashlib.blake2b, text: str) -> bytes:
@@ -190,17 +190,40 @@ class Keyer:
         return h.digest()
 
     def bucket(self, quota: Quota, parts: KeyParts) -> Bucket:
-        name = _escape(quota.name)
-        if parts.subject is None or quota.per == "client_ip":
-            tag = "i:" + self._digest(self._ip, parts.client_ip).hex()
-            shared = True
-        else:
-            tag = "s:" + self._digest(self._sub, parts.subject).hex()
-            shared = False
-        kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
-        if quota.per == "subject_route":
-            name += ":" + _escape(parts.route)
-        return Bucket(tag, f"{kind}:{name}", shared)
+        return self.buckets((quota,), parts)[0]
+
+    def _name(self, quota: Quota, route: str) -> str:
+        """``<kind>:<quota>[:<route>]``, escaped (see the module docstring, "Keys")."""
+        key = (quota.name, quota.per, route if quota.per == "subject_route" else "")
+        name = self._names.get(key)
+        if name is None:
+            name = _escape(quota.name)
+            kind = {"subject": "s", "client_ip": "i", "subject_route": "r"}[quota.per]
+            if quota.per == "subject_route":
+                name += ":" + _escape(route)
+            if len(self._names) >= _MAX_NAMES:  # only reloads renaming things get here
+                self._names.clear()
+            name = self._names[key] = f"{kind}:{name}"
+        return name
+
+    def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
+        """Each quota's bucket for the caller. Every tag is digested at most once: the
+        quotas of a policy usually share the subject's."""
+        ip_tag = sub_tag = ""
+        out: list[Bucket] = []
+        for quota in quotas:
+            if parts.subject is None or quota.per == "client_ip":
+                if not ip_tag:
+                    ip_tag = "i:" + self._digest(self._ip, parts.client_ip).hex()
+                tag = ip_tag
+                shared = True
+            else:
+                if not sub_tag:
+                    sub_tag = "s:" + self._digest(self._sub, parts.subject).hex()
+                tag = sub_tag
+                shared = False
+            out.append(Bucket(tag, self._name(quota, parts.route), shared))
+        return tuple(out)
 
     def ids(self, ids: Sequence[str]) -> list[bytes]:
         """Digests of customer ids, duplicates removed, order kept."""
@@ -291,37 +314,46 @@ def decide(
     usage: dict[str, QuotaUsage] = {}
     worst: tuple[int, str, str] | None = None
     for q, b, o in zip(quotas, buckets, obs, strict=True):
-        alert: list[str] = []
-        crossed: list[str] = []
-        for m, threshold in q.alerts.items():
-            used = o.used.get(m)
-            if used is not None and used >= threshold:
-                alert.append(m)
-                if used - o.added.get(m, 0) < threshold:
-                    crossed.append(m)
+        alert: tuple[str, ...] = ()
+        crossed: tuple[str, ...] = ()
+        if q.alerts:
+            # Walked in METRICS order, the order alerts are reported in.
+            reached: list[str] = []
+            new: list[str] = []
+            for m in METRICS:
+                threshold = q.alerts.get(m)
+                used = o.used.get(m)
+                if threshold is not None and used is not None and used >= threshold:
+                    reached.append(m)
+                    if used - o.added.get(m, 0) < threshold:
+                        new.append(m)
+            alert, crossed = tuple(reached), tuple(new)
         usage[q.name] = QuotaUsage(
             q.name,
             q.window,
             q.limits,
             dict(o.used),
-            tuple(sorted(alert, key=METRICS.index)),
-            tuple(sorted(crossed, key=METRICS.index)),
+            alert,
+            crossed,
             {m: (seconds(ms) if ms > 0 else 0) for m, ms in o.reset_ms.items()},
             b.shared,
             dict(o.hold_ms),
         )
-        for m in METRICS:
-            ms = o.retry_ms.get(m)
-            # Strictly greater: on a tie the first quota (file order) names the block.
-            if ms is not None and (worst is None or ms > worst[0]):
-                worst = (ms, q.name, m)
+        if o.retry_ms:
+            for m in METRICS:
+                ms = o.retry_ms.get(m)
+                # Strictly greater: on a tie the first quota (file order) names the block.
+                if ms is not None and (worst is None or ms > worst[0]):
+                    worst = (ms, q.name, m)
     if worst is None:
         return Decision(True, usage)
     return Decision(False, usage, worst[1], worst[2], seconds(worst[0]))
 
 
+@functools.lru_cache(maxsize=1024)
 def _sf_string(text: str) -> str:
-    # RFC 8941 sf-string: printable ASCII only, with " and \ escaped.
+    # RFC 8941 sf-string: printable ASCII only, with " and \ escaped. Cached: the text
+    # is a quota name, one of a few, and this runs for every response.
     clean = "".join(c if " " <= c <= "~" else "_" for c in text)
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -35,7 +35,6 @@ from gateway.quota.engine import (
     Bucket,
     Decision,
     QuotaUsage,
-    fingerprint,
     seconds,
     to_ms,
 )
@@ -104,10 +103,12 @@ class Holds:
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], decision: Decision, now: float
     ) -> None:
         """Take the holds of a decision the store returned for a call made at ``now``."""
+        entries = self._entries
         for q, b in zip(quotas, buckets, strict=True):
             u = decision.usage.get(q.name)
-            if u is not None:
-                self.put(b.tag, b.name, fingerprint(q), u.hold_ms, u.used, now)
+            # No hold to take and none known to forget: the usual answer, nothing to do.
+            if u is not None and (u.hold_ms or entries):
+                self.put(b.tag, b.name, q.fingerprint, u.hold_ms, u.used, now)
 
     def check(
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float
@@ -126,7 +127,7 @@ class Holds:
         for q, b in zip(quotas, buckets, strict=True):
             key = (b.tag, b.name)
             h = self._entries.get(key)
-            if h is None or h.fingerprint != fingerprint(q):
+            if h is None or h.fingerprint != q.fingerprint:
                 continue
             wait = h.until_ms - now_ms
             if wait <= 0:

@@ -36,7 +36,6 @@ from gateway.quota.engine import (
     Observation,
     decide,
     to_ms,
-    tracked,
 )
 from gateway.quota.holds import Holds
 from gateway.rules.model import Quota
@@ -99,7 +98,7 @@ class Window:
         One more request must fit ``max_requests``; records usage must be below
         ``max_records``. ``max_distinct`` is not pre-checked (see the engine's rules).
         """
-        w = q.window * 1000
+        w = q.window_ms
         lim = q.limits
         out: dict[str, int] = {}
         if "requests" in lim and len(self.requests) + 1 > lim["requests"]:
@@ -110,22 +109,28 @@ class Window:
         return out
 
     def observe(self, q: Quota, now: int) -> Observation:
-        tr, td, tq = tracked(q)
+        """Usage of the metrics ``q`` tracks, and when the oldest entry of each leaves.
+
+        Spelt out metric by metric, in METRICS order (the order usage is reported in):
+        this runs for every quota of every call.
+        """
+        tr, td, tq = q.tracks
         o = Observation()
-        w = q.window * 1000
-        for on, metric, oldest in (
-            (tr, "records", self.events[0][0] if self.events else None),
-            (td, "distinct", next(iter(self.ids.values())) if self.ids else None),
-            (tq, "requests", self.requests[0] if self.requests else None),
-        ):
-            if on:
-                o.used[metric] = {
-                    "records": self.records,
-                    "distinct": len(self.ids),
-                    "requests": len(self.requests),
-                }[metric]
-                if oldest is not None:
-                    o.reset_ms[metric] = oldest + w - now
+        used, reset = o.used, o.reset_ms
+        w = q.window_ms - now
+        if tr:
+            used["records"] = self.records
+            if self.events:
+                reset["records"] = self.events[0][0] + w
+        if td:
+            ids = self.ids
+            used["distinct"] = len(ids)
+            if ids:
+                reset["distinct"] = next(iter(ids.values())) + w
+        if tq:
+            used["requests"] = len(self.requests)
+            if self.requests:
+                reset["requests"] = self.requests[0] + w
         return o
 
 
@@ -161,33 +166,57 @@ class MemoryBackend:
             del windows[key]
             del spans[key]
 
-    def _window(self, b: Bucket, q: Quota) -> Window:
+    def _window(self, b: Bucket, q: Quota, now: int) -> tuple[Window, int]:
+        """The bucket's window (made, or moved to the recent end), pruned at ``now``;
+        and the window's own time (never behind its last call)."""
         key = (b.tag, b.name)
-        win = self._windows.get(key)
+        windows, spans = self._windows, self._spans
+        win = windows.get(key)
         if win is None:
-            win = self._windows[key] = Window()
+            win = windows[key] = Window()
+            spans[key] = q.window_ms
         else:
-            self._windows.move_to_end(key)
-        # The longest window any quota used with this bucket keeps it alive.
-        self._spans[key] = max(self._spans.get(key, 0), q.window * 1000)
-        return win
+            windows.move_to_end(key)
+            # The longest window any quota used with this bucket keeps it alive.
+            if spans[key] < q.window_ms:
+                spans[key] = q.window_ms
+        t = win.clock(now)
+        win.prune(t, q.window_ms)
+        return win, t
+
+    def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
+        return self._keyer.buckets(quotas, parts)
 
     def _open(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None
-    ) -> tuple[list[Bucket], list[Window], list[int]]:
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None,
+        buckets: Sequence[Bucket] | None,
+    ) -> tuple[Sequence[Bucket], list[Window], list[int]]:
         ms = self._ms(now)
         self._sweep(ms)
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
-        wins = [self._window(b, q) for b, q in zip(buckets, quotas, strict=True)]
-        times = [w.clock(ms) for w in wins]
-        for q, w, t in zip(quotas, wins, times, strict=True):
-            w.prune(t, q.window * 1000)
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
+        wins: list[Window] = []
+        times: list[int] = []
+        # One pass per quota: a call's buckets are distinct, so each window is found,
+        # clocked and pruned independently of the others.
+        for b, q in zip(buckets, quotas, strict=True):
+            win, t = self._window(b, q, ms)
+            wins.append(win)
+            times.append(t)
         return buckets, wins, times
 
     async def precheck(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
-        buckets, wins, times = self._open(quotas, parts, now)
+        buckets, wins, times = self._open(quotas, parts, now, buckets)
         obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
         blocked = False
         for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
@@ -195,17 +224,17 @@ class MemoryBackend:
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
             for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
-                if tracked(q)[2]:
+                if q.tracks[2]:
                     win.requests.append(t)
                     o.added["requests"] = 1
                     o.used["requests"] += 1
-                    o.reset_ms.setdefault("requests", q.window * 1000)
+                    o.reset_ms.setdefault("requests", q.window_ms)
         return self._learn(quotas, buckets, wins, times, obs, now)
 
     def _learn(
         self,
         quotas: Sequence[Quota],
-        buckets: list[Bucket],
+        buckets: Sequence[Bucket],
         wins: list[Window],
         times: list[int],
         obs: list[Observation],
@@ -218,11 +247,17 @@ class MemoryBackend:
         return decision
 
     def held(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision | None:
         if not quotas or not self._holds:
             return None
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
         return self._holds.check(quotas, buckets, self._seconds(now))
 
     async def account(
@@ -232,16 +267,18 @@ class MemoryBackend:
         records: int,
         ids: Sequence[str],
         now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         digests = self._keyer.ids(ids)
-        buckets, wins, times = self._open(quotas, parts, now)
+        buckets, wins, times = self._open(quotas, parts, now, buckets)
         obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
         fresh: list[list[bytes]] = []
         blocked = False
         for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
-            w = q.window * 1000
+            w = q.window_ms
             lim = q.limits
-            new = [d for d in digests if d not in win.ids] if tracked(q)[1] else []
+            new = [d for d in digests if d not in win.ids] if q.tracks[1] else []
             fresh.append(new)
             if "records" in lim and win.records + records > lim["records"]:
                 if records > lim["records"]:
@@ -261,8 +298,8 @@ class MemoryBackend:
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
             for q, win, t, o, new in zip(quotas, wins, times, obs, fresh, strict=True):
-                tr, td, _ = tracked(q)
-                w = q.window * 1000
+                tr, td, _ = q.tracks
+                w = q.window_ms
                 if tr and records > 0:
                     win.events.append((t, records))
                     win.records += records

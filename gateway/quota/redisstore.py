@@ -97,9 +97,7 @@ from gateway.quota.engine import (
     KeyParts,
     Observation,
     decide,
-    fingerprint,
     to_ms,
-    tracked,
 )
 from gateway.quota.holds import Holds
 from gateway.quota.lua import PER_QUOTA, SCRIPT, SCRIPT_SHA, UNDO, UNDO_SHA
@@ -232,9 +230,9 @@ class RedisBackend:
         ]
         for q, b in zip(quotas, buckets, strict=True):
             keys += self.keys(b)
-            tr, td, tq = tracked(q)
+            tr, td, tq = q.tracks
             lim = q.limits
-            args += [q.window * 1000, int(tr), int(td), int(tq)]
+            args += [q.window_ms, int(tr), int(td), int(tq)]
             args += [lim.get("records", 0), lim.get("distinct", 0), lim.get("requests", 0)]
         if records is not None:
             args.append(records)
@@ -269,13 +267,15 @@ class RedisBackend:
         now: float | None,
         records: int = 0,
         digests: Sequence[bytes] = (),
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         if not quotas:
             return Decision(True, {})
         # Holds are relative to when the call was sent: the server's clock read
         # later, so a hold can only end early here, never late.
         sent = time.monotonic() if now is None else now
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
         # Unique log member for this call: this backend's random origin and a counter.
         token = f"{self._origin}{next(self._calls):x}"
         counted = records if mode == "a" else None
@@ -310,7 +310,7 @@ class RedisBackend:
             pending = ""
             if last and not blocked:
                 pending = "\n".join(
-                    _line(self.keys(buckets[i])[0][:-2], fingerprint(quotas[i]), o)
+                    _line(self.keys(buckets[i])[0][:-2], quotas[i].fingerprint, o)
                     for i, o in enumerate(obs)
                     if o is not None and max(o.hold_ms.values(), default=0) > _SHORTEST
                 )
@@ -370,7 +370,7 @@ class RedisBackend:
             assert o is not None
             added = dict(o.added)
             args += [int("requests" in added), int("records" in added)]
-            prev = olds[pos] if olds and tracked(quotas[i])[1] else []
+            prev = olds[pos] if olds and quotas[i].tracks[1] else []
             args.append(len(prev))
             for d, old in zip(digests, prev, strict=False):
                 args += [d, old]
@@ -382,19 +382,33 @@ class RedisBackend:
             o.hold_ms.clear()
         await self._call(UNDO_SHA, UNDO, keys, args)
 
+    def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
+        return self._keyer.buckets(quotas, parts)
+
     def held(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision | None:
         self._listen()
         if not quotas or not self._holds:
             return None
-        buckets = [self._keyer.bucket(q, parts) for q in quotas]
+        if buckets is None:
+            buckets = self._keyer.buckets(quotas, parts)
         return self._holds.check(quotas, buckets, time.monotonic() if now is None else now)
 
     async def precheck(
-        self, quotas: Sequence[Quota], parts: KeyParts, now: float | None = None
+        self,
+        quotas: Sequence[Quota],
+        parts: KeyParts,
+        now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
-        return await self._decide("p", quotas, parts, now)
+        return await self._decide("p", quotas, parts, now, buckets=buckets)
 
     async def account(
         self,
@@ -403,8 +417,11 @@ class RedisBackend:
         records: int,
         ids: Sequence[str],
         now: float | None = None,
+        *,
+        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
-        return await self._decide("a", quotas, parts, now, records, self._keyer.ids(ids))
+        digests = self._keyer.ids(ids)
+        return await self._decide("a", quotas, parts, now, records, digests, buckets)
 
     async def ping(self) -> None:
         # The health watch pings from start-up: listening for holds starts with it.

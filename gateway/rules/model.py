@@ -180,3 +180,25 @@ class Quota:
     window: int
     alerts: Mapping[str, int]
     limits: Mapping[str, int]
+    # Derived once at load: the quota engine (gateway.quota) reads them on every request.
+    # The window in the integer milliseconds both backends keep; which of records,
+    # distinct, requests it tracks (those an alert_* or max_* declares); and what a hold
+    # depends on, ``w_ms:max_records:max_distinct:max_requests`` (0: no max), the string
+    # gateway.quota.engine.fingerprint names and the Redis script builds too.
+    window_ms: int = field(init=False, compare=False, repr=False)
+    tracks: tuple[bool, bool, bool] = field(init=False, compare=False, repr=False)
+    fingerprint: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lim, alerts = self.limits, self.alerts
+        records, distinct, requests = (m in lim or m in alerts for m in _QUOTA_METRICS)
+        window_ms = self.window * 1000
+        maxima = (lim.get("records", 0), lim.get("distinct", 0), lim.get("requests", 0))
+        fp = ":".join(map(str, (window_ms, *maxima)))
+        object.__setattr__(self, "window_ms", window_ms)
+        object.__setattr__(self, "tracks", (records, distinct, requests))
+        object.__setattr__(self, "fingerprint", fp)
+
+
+# The metrics a quota counts, in the order every report lists them (gateway.quota.engine).
+_QUOTA_METRICS = ("records", "distinct", "requests")

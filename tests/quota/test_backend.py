@@ -306,3 +306,37 @@ async def test_reset_follows_the_oldest_entry_as_ids_are_seen_again(
     d = await backend.precheck(qs, ALICE, now=65)
     assert dict(d.usage["bulk"].reset) == {"records": 5, "distinct": 25}
     assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (4, 2)
+
+
+async def test_calls_given_the_callers_buckets_decide_and_hold_as_with_parts_alone(
+    backend: QuotaBackend,
+) -> None:
+    # The request path computes a caller's buckets once and hands them to every call.
+    qs = (
+        quota("ip", per="client_ip", max_records=100),
+        quota("sub", per="subject", max_records=3, max_requests=10),
+        quota("r", per="subject_route", alert_records=1),
+    )
+    buckets = backend.buckets(qs, ALICE)
+    assert len(buckets) == 3 and buckets[1].tag == buckets[2].tag != buckets[0].tag
+    d = await backend.precheck(qs, ALICE, now=0, buckets=buckets)
+    assert d.allowed and d.usage["sub"].used_requests == 1
+    d = await backend.account(qs, ALICE, 2, ["a"], now=1, buckets=buckets)
+    assert d.allowed and [u.used_records for u in d.usage.values()] == [2, 2, 2]
+    d = await backend.account(qs, ALICE, 1, ["b"], now=2)  # the same state without them
+    assert d.allowed and d.usage["sub"].used_records == 3
+    assert backend.held(qs, ALICE, now=3, buckets=buckets) == backend.held(qs, ALICE, now=3)
+    held = backend.held(qs, ALICE, now=3, buckets=buckets)
+    assert held is not None and (held.quota, held.metric) == ("sub", "records")
+    d = await backend.precheck(qs, ALICE, now=4, buckets=buckets)
+    assert (d.allowed, d.quota) == (False, "sub")
+
+
+async def test_calls_use_the_buckets_they_are_given(backend: QuotaBackend) -> None:
+    qs = (quota(max_records=5),)
+    bob = KeyParts("bob", "10.0.0.2", "customers")
+    await backend.account(qs, ALICE, 2, [], now=0, buckets=backend.buckets(qs, bob))
+    d = await backend.precheck(qs, bob, now=1)
+    assert d.usage["bulk"].used_records == 2
+    d = await backend.precheck(qs, ALICE, now=1)
+    assert d.usage["bulk"].used_records == 0

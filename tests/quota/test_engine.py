@@ -10,6 +10,7 @@ from gateway.quota.engine import (
     Observation,
     QuotaUsage,
     decide,
+    fingerprint,
     ratelimit_headers,
     seconds,
 )
@@ -47,6 +48,22 @@ def test_subject_quotas_share_the_subject_tag() -> None:
     assert len(tags) == 1
 
 
+def test_buckets_of_several_quotas_are_each_quotas_bucket() -> None:
+    keyer = Keyer(b"k")
+    qs = [
+        Quota(n, per, 60, {}, {"records": 1})
+        for n, per in (
+            ("a", "subject"),
+            ("b", "client_ip"),
+            ("c", "subject_route"),
+            ("d", "subject"),
+        )
+    ]
+    for parts in (ALICE, KeyParts(None, "10.0.0.2", "customers")):
+        assert keyer.buckets(qs, parts) == tuple(Keyer(b"k").bucket(q, parts) for q in qs)
+    assert keyer.buckets([], ALICE) == ()
+
+
 def test_id_digests_are_keyed_deduplicated_and_opaque() -> None:
     a, b = Keyer(b"one"), Keyer(b"two")
     got = a.ids(["110101199003074514", "x", "110101199003074514"])
@@ -54,6 +71,23 @@ def test_id_digests_are_keyed_deduplicated_and_opaque() -> None:
     assert b"1101011990" not in b"".join(got)
     assert got != b.ids(["110101199003074514", "x"])
     assert Keyer(b"k" * 100).ids(["x"]) == Keyer(b"k" * 100).ids(["x"])  # long keys work
+
+
+def test_what_the_engine_reads_of_a_quota_is_derived_once_at_load() -> None:
+    q = Quota("bulk-read", "subject", 3600, {"records": 200}, {"records": 500, "distinct": 100})
+    assert (q.window_ms, q.tracks, q.fingerprint) == (
+        3_600_000,
+        (True, True, False),
+        "3600000:500:100:0",
+    )
+    assert fingerprint(q) == q.fingerprint
+    paced = Quota("p", "client_ip", 60, {"requests": 5}, {})
+    assert (paced.tracks, paced.fingerprint) == ((False, False, True), "60000:0:0:0")
+    # Derived, so neither compared nor shown.
+    assert q == Quota(
+        "bulk-read", "subject", 3600, {"records": 200}, {"records": 500, "distinct": 100}
+    )
+    assert "fingerprint" not in repr(q)
 
 
 def test_decide_marks_crossings_once() -> None:
