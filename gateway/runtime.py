@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -288,10 +288,11 @@ class RouteRuntime:
     config: RouteConfig
     upstream: UpstreamRuntime
     rules: RouteRules
+    # config.policy, read on every request by several stages: a slot, not a property.
+    policy: str | None = field(init=False)
 
-    @property
-    def policy(self) -> str | None:
-        return self.config.policy
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", self.config.policy)
 
 
 class Runtime:
