@@ -85,6 +85,7 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_mark = 0
+        self._head_started: float | None = None  # loop time the pending head began
         self._on_protocol_error = on_protocol_error
         self._request_id_header = request_id_header
 
@@ -109,12 +110,19 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_timer is None and self._head_pending():
+        if self._head_started is None and self._head_pending():
+            self._head_started = self._loop.time()
             self._header_mark = self._request_count
-            self._header_timer = self._loop.call_later(self._header_timeout, self._header_expired)
+            if self._header_timer is None:
+                self._header_timer = self._loop.call_later(
+                    self._header_timeout, self._header_expired
+                )
         super().data_received(data)
-        if self._header_timer is not None and self._request_count != self._header_mark:
-            self._cancel_header_timer()  # a complete head was parsed
+        if self._head_started is not None and self._request_count != self._header_mark:
+            # A complete head was parsed. The timer is left to run: on a busy keep-alive
+            # connection it re-arms for the next head instead of being created and
+            # cancelled for every request.
+            self._head_started = None
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -123,7 +131,15 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
 
     def _header_expired(self) -> None:
         self._header_timer = None
-        if self._request_count == self._header_mark and self._head_pending():
+        started = self._head_started
+        if started is None or self._request_count != self._header_mark:
+            return  # no head pending: armed again when the next one begins
+        if not self._head_pending():
+            return
+        left = started + self._header_timeout - self._loop.time()
+        if left > 0:  # a later head than the one this timer was set for
+            self._header_timer = self._loop.call_later(left, self._header_expired)
+        else:
             self.force_close()
 
     # --- protocol errors as problem+json -------------------------------------

@@ -68,6 +68,21 @@ async def test_oversized_header_is_rejected(upstream: str, gateway_factory: Gate
     assert b"application/problem+json" in raw
 
 
+async def _trickle_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Trickle a header byte every 0.1 s (never idle, never complete) for up to 4 s;
+    True when the gateway closed the connection."""
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        try:
+            writer.write(b"X")
+            await writer.drain()
+        except ConnectionError:
+            return True
+        if reader.at_eof():
+            return True
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
 async def test_slow_header_connection_is_cut_after_header_timeout(
     upstream: str, gateway_factory: GatewayFactory
 ) -> None:
@@ -79,23 +94,38 @@ async def test_slow_header_connection_is_cut_after_header_timeout(
     reader, writer = await asyncio.open_connection(*_hostport(gw))
     started = time.monotonic()
     writer.write(b"GET /x HTTP/1.1\r\n")
-    closed = False
-    for _ in range(40):  # trickle a header byte every 0.1 s: never idle, never complete
-        await asyncio.sleep(0.1)
-        try:
-            writer.write(b"X")
-            await writer.drain()
-        except ConnectionError:
-            closed = True
-            break
-        if reader.at_eof():
-            closed = True
-            break
-    if not closed:
-        closed = await reader.read() == b""
+    closed = await _trickle_until_closed(reader, writer)
     writer.close()
     assert closed
     assert time.monotonic() - started < 2.5
+
+
+async def _one_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    writer.write(b"GET /x HTTP/1.1\r\nHost: g\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return head
+
+
+async def test_keep_alive_heads_each_get_their_own_header_timeout(
+    upstream: str, gateway_factory: GatewayFactory
+) -> None:
+    gw = await gateway_factory(
+        {"u": {"url": upstream}},
+        [{"name": "a", "path": "/**", "upstream": "u"}],
+        limits={"header_timeout": 0.5, "idle_timeout": 30},
+    )
+    reader, writer = await asyncio.open_connection(*_hostport(gw))
+    # Prompt heads for longer than header_timeout in all: the connection stays up.
+    for _ in range(8):
+        assert (await _one_request(reader, writer)).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(0.15)
+    # Then a head that trickles: cut off, as on a fresh connection.
+    writer.write(b"GET /x HTTP/1.1\r\n")
+    closed = await _trickle_until_closed(reader, writer)
+    writer.close()
+    assert closed
 
 
 async def test_idle_connection_is_closed_after_idle_timeout(
