@@ -166,6 +166,7 @@ class _Conn(asyncio.Protocol):
         fut, self.can_write = self.can_write, None
         if fut is not None and not fut.done():
             fut.set_exception(aiohttp.ServerDisconnectedError())
+            fut.exception()  # retrieved: the sender may already be gone
 
     def pause_writing(self) -> None:
         if self.can_write is None:
