@@ -62,6 +62,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "body",
+        "body_left",
         "buffered",
         "busy",
         "can_write",
@@ -77,6 +78,7 @@ class _Conn(asyncio.Protocol):
         "last_used",
         "loop",
         "parser",
+        "parser_stale",
         "paused",
         "raw_headers",
         "read_timeout",
@@ -100,6 +102,7 @@ class _Conn(asyncio.Protocol):
         # One parser for the connection's life: llhttp moves on to the next response by
         # itself after a complete keep-alive one (the only kind a reused connection had).
         self.parser = httptools.HttpResponseParser(self)
+        self.parser_stale = False
         self.body: deque[bytes] = deque()
         self._reset()
 
@@ -120,6 +123,10 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.eof_body = False
         self.head_only = False
+        # Body bytes still to come of a Content-Length body (-1: not such a body). Once
+        # the head is parsed, whole packets of such a body are taken as they are,
+        # without the parser's copy (see data_received).
+        self.body_left = -1
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -134,6 +141,9 @@ class _Conn(asyncio.Protocol):
             return
         if self.done:
             self._retire()
+            return
+        if self.body_left > 0:
+            self._take_body(data)
             return
         try:
             self.parser.feed_data(data)
@@ -207,6 +217,10 @@ class _Conn(asyncio.Protocol):
             te = [v for n, v in self.raw_headers if n.lower() == b"transfer-encoding"]
             chunked = bool(te) and te[-1].rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             self.eof_body = not chunked and (bool(te) or b"content-length" not in names)
+            if not chunked and not te and b"content-length" in names:
+                # llhttp has refused lengths that are malformed or disagree.
+                length = [v for n, v in self.raw_headers if n.lower() == b"content-length"]
+                self.body_left = int(length[-1])
         if self.head_only:
             # A HEAD response has no body whatever its headers say; llhttp cannot be
             # told, so the message ends here and the connection is not reused.
@@ -220,12 +234,34 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.head_only:
             return
+        if self.body_left > 0:
+            self.body_left -= len(body)
+        self._add_body(body)
+
+    def _add_body(self, body: bytes) -> None:
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def _take_body(self, data: bytes) -> None:
+        """A packet of a Content-Length body after its head: kept as it came (no copy).
+        The parser, left mid-body, is replaced before the connection's next request."""
+        self.parser_stale = True
+        left = self.body_left
+        if len(data) <= left:
+            self.body_left = left - len(data)
+            self._add_body(data)
+        else:
+            self.body_left = 0
+            self._add_body(data[:left])
+        if self.body_left == 0:
+            self.done = True
+            self._wake()
+            if len(data) > left:
+                self._retire()  # bytes after the body: the response stands, the connection goes
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -244,6 +280,9 @@ class _Conn(asyncio.Protocol):
     def start(self, head_only: bool) -> asyncio.Future[None]:
         if self.used:
             self._reset()
+        if self.parser_stale:
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser_stale = False
         self.used += 1
         self.busy = True
         self.head_only = head_only

@@ -361,3 +361,52 @@ async def test_a_second_response_in_the_same_packet_neither_merges_nor_is_reused
             assert "X-Smuggled" not in resp.headers and await resp.read() == b"ok"
             resp.release()
         assert len(accepted) == 2  # the first connection was not reused
+
+
+async def test_a_length_body_in_later_packets_is_taken_whole_and_the_connection_reused() -> None:
+    async def reply(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
+        for part in (b"def", b"ghi"):  # the rest in packets of their own
+            await w.drain()
+            await asyncio.sleep(0.02)
+            w.write(part)
+        await w.drain()
+        await read_head(r)  # the next request, parsed afresh on the same connection
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        await w.drain()
+        await r.read()
+
+    async with raw_upstream(reply) as (client, accepted):
+        assert await fetch(client) == b"abcdefghi"
+        assert await fetch(client) == b"ok"
+        assert len(accepted) == 1
+
+
+@pytest.mark.parametrize(
+    ("tail", "outcome"),
+    [(b"ghiEXTRA", b"abcdefghi"), (b"gh", aiohttp.ClientPayloadError)],
+    ids=["bytes-after-the-body", "closed-short"],
+)
+async def test_a_length_body_across_packets_ends_exactly_at_its_length(
+    tail: bytes, outcome: bytes | type[Exception]
+) -> None:
+    async def reply(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
+        await w.drain()
+        await asyncio.sleep(0.02)
+        w.write(b"def")
+        await w.drain()
+        await asyncio.sleep(0.02)
+        w.write(tail)
+        await w.drain()
+
+    async with raw_upstream(reply) as (client, accepted):
+        if isinstance(outcome, bytes):
+            assert await fetch(client) == outcome
+            assert await fetch(client) == outcome  # not on the connection that said more
+            assert len(accepted) == 2
+        else:
+            with pytest.raises(outcome):
+                await fetch(client)
