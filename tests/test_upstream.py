@@ -32,6 +32,7 @@ def client_for(port: int, **kw: float) -> UpstreamClient:
         max_connections=int(opts["max_connections"]),
         connect_timeout=opts["connect_timeout"],
         read_timeout=opts["read_timeout"],
+        idle_timeout=opts.get("idle_timeout", 15.0),
     )
 
 
@@ -163,8 +164,11 @@ async def test_a_body_that_ends_early_or_breaks_its_framing_is_a_payload_error(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
         b"",  # closed without a word
+        # The gateway never asks to upgrade: a 101, with or without Upgrade, is refused.
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     ],
-    ids=["garbage", "two-lengths", "length-and-chunked", "huge-head", "closed"],
+    ids=["garbage", "two-lengths", "length-and-chunked", "huge-head", "closed", "101", "upgrade"],
 )
 async def test_a_response_that_is_not_clean_http_fails_before_any_body(answer: bytes) -> None:
     async with raw_upstream(answering(answer)) as (client, _):
@@ -268,6 +272,56 @@ async def test_the_pool_holds_at_most_max_connections() -> None:
     async with app_upstream(app, max_connections=2) as client:
         bodies = await asyncio.gather(*(fetch(client) for _ in range(6)))
         assert bodies == [b"x"] * 6 and peak == 2
+
+
+def serving(closed: list[int]) -> Reply:
+    """A keep-alive upstream answering ``ok`` to every request; counts connections
+    closed by the client into ``closed``."""
+
+    async def reply(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_head(r)
+            except asyncio.IncompleteReadError:
+                closed.append(1)
+                return
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+
+    return reply
+
+
+async def test_idle_connections_are_closed_after_idle_timeout_with_no_further_requests() -> None:
+    closed: list[int] = []
+    async with raw_upstream(serving(closed), idle_timeout=0.2) as (client, accepted):
+        assert await asyncio.gather(*(fetch(client) for _ in range(3))) == [b"ok"] * 3
+        assert len(accepted) == 3 and closed == []
+        await asyncio.sleep(0.1)
+        # One of them, used again: it expires later, so the reaper must come back for it.
+        assert await fetch(client) == b"ok"
+        for _ in range(300):
+            if len(closed) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(closed) == 3 and client._open == 0 and not client._idle
+        assert len(accepted) == 3
+
+
+async def test_a_connection_the_upstream_closes_while_idle_leaves_the_pool_at_once() -> None:
+    async def once(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()  # then closes: keep-alive said, not meant
+
+    async with raw_upstream(once) as (client, accepted):
+        assert await fetch(client) == b"ok"
+        for _ in range(100):
+            if client._open == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert client._open == 0 and not client._idle
+        assert await fetch(client) == b"ok"  # a new connection, no retry needed
+        assert len(accepted) == 2
 
 
 async def test_request_bodies_go_with_their_length_or_chunked() -> None:

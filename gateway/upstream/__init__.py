@@ -12,7 +12,10 @@ Theory of operation:
 - A :class:`UpstreamClient` per upstream holds at most ``max_connections``
   connections. A request takes an idle one (last used first) or opens a new one;
   it goes back to the pool only when its response was read to a clean end and
-  both sides agreed to keep it alive. Everything else closes it.
+  both sides agreed to keep it alive. Everything else closes it. An idle
+  connection is closed after ``idle_timeout`` (a timer, so a burst's extra
+  connections do not stay open upstream when traffic stops), and one the
+  upstream closes leaves the pool at once.
 - Failures keep the meanings the proxy maps to answers: ``TimeoutError`` (connect
   timeout, or no bytes for ``read_timeout`` while waiting) → 504; ``OSError`` /
   :class:`aiohttp.ClientConnectionError` (refused, reset, TLS, closed before the
@@ -26,6 +29,8 @@ Theory of operation:
   read until the reader catches up, so a slow caller bounds the memory.
 - Header names and values with CR or LF are refused (``ValueError``) before
   anything is written: no header injection through identity claims.
+- A ``101`` is refused like a malformed response (the gateway never asks to
+  upgrade), whether or not it names a protocol.
 - ``HEAD``: llhttp cannot be told a response has no body, so after a HEAD
   response's headers the connection is not reused.
 

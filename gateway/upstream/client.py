@@ -96,7 +96,10 @@ class UpstreamClient:
         self._host_line = f"Host: {host_header}\r\n"
         self._max = max_connections
         self._open = 0
-        self._idle: list[Connection] = []
+        # Idle connections, oldest first: taken from the right (last used), expired
+        # from the left.
+        self._idle: deque[Connection] = deque()
+        self._reaper: asyncio.TimerHandle | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._conns: set[Connection] = set()
         self.closed = False
@@ -136,6 +139,9 @@ class UpstreamClient:
 
     async def close(self) -> None:
         self.closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for conn in list(self._conns):
             conn.close()
         self._idle.clear()
@@ -240,6 +246,7 @@ class UpstreamClient:
             self._wake_one()
             raise
         self._conns.add(conn)
+        conn.on_lost = self._lost
         return conn
 
     def _release(self, conn: Connection) -> None:
@@ -249,9 +256,32 @@ class UpstreamClient:
             conn.last_used = time.monotonic()
             conn.body.clear()
             self._idle.append(conn)
+            if self._reaper is None:
+                self._reaper = asyncio.get_running_loop().call_later(self.idle_timeout, self._reap)
             self._wake_one()
         else:
             self._discard(conn)
+
+    def _reap(self) -> None:
+        """Close idle connections past ``idle_timeout``, oldest first, whether or not
+        requests come: a burst's extra connections must not stay open upstream."""
+        self._reaper = None
+        idle = self._idle
+        now = time.monotonic()
+        while idle and now - idle[0].last_used >= self.idle_timeout:
+            self._discard(idle.popleft())
+        if idle and not self.closed:
+            wait = idle[0].last_used + self.idle_timeout - now
+            self._reaper = asyncio.get_running_loop().call_later(wait, self._reap)
+
+    def _lost(self, conn: Connection) -> None:
+        """The upstream closed ``conn``. An idle one leaves the pool now; a busy one is
+        the request's to fail or finish (it then discards it)."""
+        if conn.busy or conn not in self._conns:
+            return
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._discard(conn)
 
     def _discard(self, conn: Connection) -> None:
         if conn in self._conns:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Final, cast
 
 import aiohttp
@@ -49,6 +50,7 @@ class Connection(asyncio.Protocol):
         "last_used",
         "length",
         "loop",
+        "on_lost",
         "parser",
         "parser_stale",
         "paused",
@@ -71,6 +73,8 @@ class Connection(asyncio.Protocol):
         self.used = 0  # requests sent on this connection
         self.last_used = 0.0
         self.can_write: asyncio.Future[None] | None = None
+        # Told when the connection is gone (the pool drops it if it was idle).
+        self.on_lost: Callable[[Connection], None] | None = None
         # One parser for the connection's life: llhttp moves on to the next response by
         # itself after a complete keep-alive one (the only kind a reused connection had).
         self.parser = httptools.HttpResponseParser(self)
@@ -150,6 +154,8 @@ class Connection(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_exception(aiohttp.ServerDisconnectedError())
             fut.exception()  # retrieved: the sender may already be gone
+        if self.on_lost is not None:
+            self.on_lost(self)
 
     def pause_writing(self) -> None:
         if self.can_write is None:
@@ -269,6 +275,11 @@ class Connection(asyncio.Protocol):
         self.busy = True
         self.head_only = head_only
         self.headers_fut = self.loop.create_future()
+        if self.closed:
+            # Gone between the pool's check and now: fail at once, as a disconnect
+            # before any response byte (a bodyless request on a reused one is retried).
+            self._set_error(aiohttp.ServerDisconnectedError())
+            return self.headers_fut
         self._arm()
         return self.headers_fut
 
