@@ -86,6 +86,7 @@ class Gateway:
         self._runner: web.ServerRunner | None = None
         self._admin: web.AppRunner | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._fold: asyncio.Task[None] | None = None
         self._prefetch: asyncio.Task[list[str]] | None = None
         self.addresses: list[tuple[str, int]] = []
         self.admin_addresses: list[tuple[str, int]] = []
@@ -136,6 +137,8 @@ class Gateway:
         await self.audit.start()
         metrics.set_rules_version(self.runtime.version)
         self._watch = asyncio.create_task(watch_state(self))
+        if metrics.MULTIPROC:
+            self._fold = asyncio.create_task(metrics.fold_fields_every())
         if self.runtime.auth is not None:
             # In the background: /readyz says "auth" until every JWKS has keys.
             self._prefetch = asyncio.create_task(self.runtime.auth.prefetch())
@@ -181,9 +184,10 @@ class Gateway:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
-        for task in (self._watch, self._prefetch):
+        for task in (self._watch, self._prefetch, self._fold):
             if task is not None:
                 task.cancel()
+        metrics.fold_fields()  # the drained requests' field counts, before the process ends
         await self.audit.aclose()
         await self.pool.close()
         await self.state.close()

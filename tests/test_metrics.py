@@ -196,9 +196,46 @@ sys.stdout.write(metrics.metrics_body().decode())
         check=True,
     ).stdout
     assert 'gateway_requests_total{decision="allow",route="customers",status="200"} 1.0' in out
-    # Field counts reach the worker's file at once: the supervisor reads files, not workers.
+    # The worker's own /metrics folds its held-back field counts first.
     assert 'gateway_fields_total{action="masked",policy="customer",rule="p"} 1.0' in out
     assert "gateway_state_up 1.0" in out
     assert 'gateway_rules_info{version="v2"} 1.0' in out
     assert 'gateway_rules_info{version="v1"} 0.0' in out
     assert list(tmp_path.iterdir())  # values live in the shared directory
+
+
+def test_multiprocess_field_counts_reach_the_files_on_a_timer_and_on_stop(tmp_path: Path) -> None:
+    # The supervisor reads the files without asking the workers: held-back field counts
+    # must get there by themselves, within the fold interval and when the worker stops.
+    code = """
+import asyncio, contextlib, sys
+from gateway import metrics
+series = 'gateway_fields_total{action="masked",policy="customer",rule="p"}'
+def seen():
+    text = metrics.merged_body(sys.argv[1]).decode()
+    return [l for l in text.splitlines() if l.startswith(series)]
+metrics.observe_request("r", 200, "allow", 0.01, 0.005, "customer", {"masked": {"p": 2}}, 1)
+print(seen())
+async def run(stop_after):
+    task = asyncio.create_task(metrics.fold_fields_every(0.05))
+    await asyncio.sleep(stop_after)
+    print(seen())
+    metrics.observe_request("r", 200, "allow", 0.01, 0.005, "customer", {"masked": {"p": 3}}, 1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    print(seen())
+asyncio.run(run(0.3))
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    line = 'gateway_fields_total{action="masked",policy="customer",rule="p"} '
+    # The series exists from its first count (at 0 until the first fold).
+    assert out == [repr([line + "0.0"]), repr([line + "2.0"]), repr([line + "5.0"])]
