@@ -210,6 +210,9 @@ class LimitsConfig(_Model):
     body_timeout: Duration = 30.0
     max_connections: int = Field(default=10000, ge=1)
     shutdown_timeout: Duration = 30.0
+    # workers > 1: a worker that does not answer its supervisor for this long (its event
+    # loop is stuck) is killed and restarted, instead of keeping its share of connections.
+    worker_hang_timeout: Duration = 30.0
 
 
 class Config(_Model):

@@ -8,7 +8,10 @@ control socket of each one's own admin app (guarded by the per-run token):
 - ``/healthz``: one entry per slot (pid, ready, restarts);
 - ``/readyz``: ready when every slot has a ready worker and none reports a
   failing check (each asked every :data:`POLL_INTERVAL`); ``draining`` once the
-  supervisor is stopping;
+  supervisor is stopping. A worker that has not answered that question for
+  ``limits.worker_hang_timeout`` is hung (its event loop is stuck, yet its
+  listener still takes its share of new connections, which would wait forever):
+  it is killed, and the supervisor restarts it as it does any dead worker;
 - ``POST /admin/reload``: every running worker reloads; 200 only when all did;
 - ``/admin/audit/stream``: every worker's stream, relayed while someone listens.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +52,7 @@ class Slot:
     failing: list[str] = field(default_factory=list)
     restarts: int = 0
     quick_deaths: int = 0
+    silent_since: float | None = None  # monotonic time of the first unanswered poll
     session: aiohttp.ClientSession | None = None  # to the worker's control socket
 
     @property
@@ -59,9 +64,16 @@ class Fleet:
     """The slots' workers seen together; ``stop`` is set once the supervisor stops."""
 
     def __init__(
-        self, slots: list[Slot], token: str, metrics_dir: Path, stop: asyncio.Event
+        self,
+        slots: list[Slot],
+        token: str,
+        metrics_dir: Path,
+        stop: asyncio.Event,
+        *,
+        hang_timeout: float = 30.0,
     ) -> None:
         self.slots = slots
+        self.hang_timeout = hang_timeout
         self.token = token
         self.metrics_dir = metrics_dir
         self.broadcaster = AuditBroadcaster()
@@ -102,18 +114,38 @@ class Fleet:
         while not self._stop.is_set():
             for s in self.slots:
                 if not (s.alive and s.ready and s.session is not None):
+                    s.silent_since = None  # (re)starting: its start-up has its own timeout
                     continue
+                asked = time.monotonic()
                 try:
                     async with s.session.get(_BASE + "/readyz", timeout=timeout) as resp:
                         body = await resp.json()
                     failing = [] if resp.status == 200 else list(body.get("failing", []))
+                    s.silent_since = None
                 except (aiohttp.ClientError, TimeoutError, ValueError):
                     failing = ["workers"]  # the worker does not answer its supervisor
+                    if s.silent_since is None:
+                        s.silent_since = asked
+                    elif asked - s.silent_since >= self.hang_timeout:
+                        self._kill_hung(s, asked - s.silent_since)
                 if failing != s.failing and s.alive:
                     log.info("worker %d readiness: %s", s.index, ", ".join(failing) or "ready")
                 s.failing = failing
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), POLL_INTERVAL)
+
+    def _kill_hung(self, s: Slot, silent: float) -> None:
+        log.error(
+            "worker %d (pid %s) has not answered its supervisor for %.0f s: killing it",
+            s.index,
+            s.pid,
+            silent,
+        )
+        s.silent_since = None
+        if s.proc is not None:
+            # SIGKILL: a stuck event loop would never run a SIGTERM handler's drain.
+            with contextlib.suppress(ProcessLookupError):
+                s.proc.kill()
 
     async def _reload_slot(self, s: Slot) -> dict[str, Any]:
         entry: dict[str, Any] = {"slot": s.index, "pid": s.pid}

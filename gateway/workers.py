@@ -25,7 +25,9 @@ Theory of operation
 - **Restarts.** A worker that exits while the supervisor is not stopping is
   restarted: at once after a stable run, with a backoff doubling from
   :data:`RESTART_DELAY_MIN` to :data:`RESTART_DELAY_MAX` while it keeps dying
-  within :data:`STABLE_AFTER` seconds. A worker that fails before its first
+  within :data:`STABLE_AFTER` seconds. So is a worker that has not answered its
+  supervisor for ``limits.worker_hang_timeout``: it is killed first (see
+  :mod:`gateway.fleet`). A worker that fails before its first
   ready during start-up stops the whole start (exit 1), like a single process
   that cannot start.
 - **SIGTERM / SIGINT** to the supervisor: ``/readyz`` says ``draining``, every
@@ -153,7 +155,13 @@ class Supervisor:
         self._out_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         # The admin listener's answers, from the workers (gateway.fleet).
-        self.fleet = Fleet(self.slots, self.token, self.metrics_dir, self._stop)
+        self.fleet = Fleet(
+            self.slots,
+            self.token,
+            self.metrics_dir,
+            self._stop,
+            hang_timeout=config.limits.worker_hang_timeout,
+        )
         self._failed: asyncio.Future[str] | None = None
 
     # --- worker processes ---------------------------------------------------------

@@ -108,7 +108,11 @@ async def until(check: Callable[[], Any], gw: Served | None = None, within: floa
 
 
 def write_config(
-    tmp_path: Path, upstream: str, extra: str = "", port: int | None = None
+    tmp_path: Path,
+    upstream: str,
+    extra: str = "",
+    port: int | None = None,
+    limits: str = "shutdown_timeout: 10",
 ) -> tuple[Path, int, int]:
     """A `workers: 2` gateway.yaml in tmp_path on free ports (or the given listen
     port): the path, the listen port and the admin port."""
@@ -121,7 +125,7 @@ def write_config(
         f"admin_listen: 127.0.0.1:{admin}\n"
         "admin_token_env: WORKERS_ADMIN_TOKEN\n"
         f"upstreams: {{u: {{url: '{upstream}'}}}}\n"
-        "limits: {shutdown_timeout: 10}\n" + extra,
+        f"limits: {{{limits}}}\n" + extra,
         encoding="utf-8",
     )
     return path, port, admin
@@ -274,6 +278,44 @@ async def test_two_workers_share_the_port_metrics_reload_and_restart(
         records = [orjson.loads(line) for line in lines]
         assert len(records) == 80
         assert {r["route"] for r in records} == {"hello"}
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_hung_worker_is_killed_and_replaced(
+    tmp_path: Path, served_procs: list[Served]
+) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"hello": request.path})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    runner, up = await start_app(app)
+    cfg, port, admin = write_config(
+        tmp_path,
+        up,
+        "routes: [{name: hello, path: '/hello/**', upstream: u, auth: none}]\n",
+        limits="shutdown_timeout: 10, worker_hang_timeout: 1",
+    )
+    try:
+        gw = await start_served(served_procs, tmp_path, cfg, port, admin)
+        victim = (await gw.workers())[0]
+        # Stopped, not dead: its listener still takes connections it will never answer.
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+
+            async def replaced() -> bool:
+                w = (await gw.workers())[victim["slot"]]
+                return bool(w["pid"] not in (None, victim["pid"]) and w["ready"])
+
+            await until(replaced, gw)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim["pid"], signal.SIGCONT)
+        assert (await gw.workers())[victim["slot"]]["restarts"] == 1
+        assert "has not answered its supervisor" in gw.log()
+        await until(lambda: _status(gw, "/readyz", 200), gw)
+        assert await fresh_connections(gw.url + "/hello/z", 20) == [200] * 20
     finally:
         await runner.cleanup()
 
