@@ -199,125 +199,124 @@ async def fresh_connections(url: str, n: int, **kwargs: Any) -> list[int]:
     return statuses
 
 
-async def test_two_workers_share_the_port_metrics_reload_and_restart(
-    tmp_path: Path, served_procs: list[Served]
-) -> None:
+HELLO_ROUTE = "routes: [{name: hello, path: '/hello/**', upstream: u, auth: none}]\n"
+
+
+@pytest.fixture
+async def hello_upstream() -> AsyncIterator[str]:
+    """An upstream answering every GET with its path (for the `hello` route)."""
+
     async def hello(request: web.Request) -> web.Response:
         return web.json_response({"hello": request.path})
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", hello)
-    runner, up = await start_app(app)
+    runner, url = await start_app(app)
+    yield url
+    await runner.cleanup()
+
+
+async def test_two_workers_share_the_port_metrics_reload_and_restart(
+    tmp_path: Path, served_procs: list[Served], hello_upstream: str
+) -> None:
     cfg, port, admin = write_config(
         tmp_path,
-        up,
-        "routes: [{name: hello, path: '/hello/**', upstream: u, auth: none}]\naudit: [stdout]\n",
+        hello_upstream,
+        HELLO_ROUTE + "audit: [stdout]\n",
     )
+    gw = await start_served(served_procs, tmp_path, cfg, port, admin)
+    workers = await gw.workers()
+    pids = {w["pid"] for w in workers}
+    assert len(pids) == 2 and all(w["ready"] for w in workers)
+    assert {parent_of(pid) for pid in pids} == {gw.proc.pid}  # the supervisor's children
+
+    assert await fresh_connections(gw.url + "/hello/x", 40) == [200] * 40
+    # A request is counted just after its response is sent: wait for the last one.
+    await until(lambda: gw.counted(40), gw)
+    by_pid = gw.requests_by_pid()
+    assert set(by_pid) == pids, by_pid
+    assert all(n > 0 for n in by_pid.values()), by_pid  # both workers served
+    assert sum(by_pid.values()) == 40
+    # One scrape of the admin listener: every worker's requests, one state gauge.
+    assert await gw.metric("gateway_requests_total", route="hello", status="200") == 40
+    assert await gw.metric("gateway_state_up") == 1
+
+    # Reload reaches every worker, through the admin API and by SIGHUP.
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.admin + "/admin/reload", headers=ADMIN) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+        assert sorted(w["pid"] for w in body["workers"]) == sorted(pids)
+        assert all(w["status"] == 200 for w in body["workers"])
+        async with s.post(gw.admin + "/admin/reload") as resp:
+            assert resp.status == 401
+    gw.proc.send_signal(signal.SIGHUP)
+
+    async def reloaded_twice() -> bool:  # per worker: the API call, then SIGHUP
+        return await gw.metric("gateway_rules_reloads_total", result="ok") == 4
+
+    await until(reloaded_twice, gw)
+
+    # The supervisor's audit stream merges every worker's records.
+    assert await audit_stream_ids(gw, 20) == 20
+    await until(lambda: gw.counted(60), gw)
+    # (SIGKILL below loses what a worker has not written yet, as it would alone.)
+    await until(lambda: gw.audited(60), gw)
+
+    # A killed worker is replaced; the port keeps serving; its counts stay in the totals.
+    victim = workers[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    async def replaced() -> bool:
+        w = (await gw.workers())[victim["slot"]]
+        return bool(w["pid"] not in (None, victim["pid"]) and w["ready"])
+
+    await until(replaced, gw)
+    w = (await gw.workers())[victim["slot"]]
+    assert w["restarts"] == 1
+    await until(lambda: _status(gw, "/readyz", 200), gw)
+    assert await fresh_connections(gw.url + "/hello/y", 20) == [200] * 20
+    await until(lambda: gw.counted(80), gw)
+    assert await gw.metric("gateway_requests_total", route="hello") == 80
+    assert await gw.metric("gateway_state_up") == 1  # the dead worker's gauge is gone
+
+    gw.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(gw.proc.wait(), 20) == 0
+    assert not list(gw.run.iterdir())  # the run directory (metrics, sockets) is removed
+    # Audit on stdout went through the supervisor: whole JSON lines, one per request.
+    lines = (tmp_path / "stdout").read_bytes().splitlines()
+    records = [orjson.loads(line) for line in lines]
+    assert len(records) == 80
+    assert {r["route"] for r in records} == {"hello"}
+
+
+async def test_a_hung_worker_is_killed_and_replaced(
+    tmp_path: Path, served_procs: list[Served], hello_upstream: str
+) -> None:
+    cfg, port, admin = write_config(
+        tmp_path,
+        hello_upstream,
+        HELLO_ROUTE,
+        limits="shutdown_timeout: 10, worker_hang_timeout: 1",
+    )
+    gw = await start_served(served_procs, tmp_path, cfg, port, admin)
+    victim = (await gw.workers())[0]
+    # Stopped, not dead: its listener still takes connections it will never answer.
+    os.kill(victim["pid"], signal.SIGSTOP)
     try:
-        gw = await start_served(served_procs, tmp_path, cfg, port, admin)
-        workers = await gw.workers()
-        pids = {w["pid"] for w in workers}
-        assert len(pids) == 2 and all(w["ready"] for w in workers)
-        assert {parent_of(pid) for pid in pids} == {gw.proc.pid}  # the supervisor's children
-
-        assert await fresh_connections(gw.url + "/hello/x", 40) == [200] * 40
-        # A request is counted just after its response is sent: wait for the last one.
-        await until(lambda: gw.counted(40), gw)
-        by_pid = gw.requests_by_pid()
-        assert set(by_pid) == pids, by_pid
-        assert all(n > 0 for n in by_pid.values()), by_pid  # both workers served
-        assert sum(by_pid.values()) == 40
-        # One scrape of the admin listener: every worker's requests, one state gauge.
-        assert await gw.metric("gateway_requests_total", route="hello", status="200") == 40
-        assert await gw.metric("gateway_state_up") == 1
-
-        # Reload reaches every worker, through the admin API and by SIGHUP.
-        async with aiohttp.ClientSession() as s:
-            async with s.post(gw.admin + "/admin/reload", headers=ADMIN) as resp:
-                body = await resp.json()
-                assert resp.status == 200, body
-            assert sorted(w["pid"] for w in body["workers"]) == sorted(pids)
-            assert all(w["status"] == 200 for w in body["workers"])
-            async with s.post(gw.admin + "/admin/reload") as resp:
-                assert resp.status == 401
-        gw.proc.send_signal(signal.SIGHUP)
-
-        async def reloaded_twice() -> bool:  # per worker: the API call, then SIGHUP
-            return await gw.metric("gateway_rules_reloads_total", result="ok") == 4
-
-        await until(reloaded_twice, gw)
-
-        # The supervisor's audit stream merges every worker's records.
-        assert await audit_stream_ids(gw, 20) == 20
-        await until(lambda: gw.counted(60), gw)
-        # (SIGKILL below loses what a worker has not written yet, as it would alone.)
-        await until(lambda: gw.audited(60), gw)
-
-        # A killed worker is replaced; the port keeps serving; its counts stay in the totals.
-        victim = workers[0]
-        os.kill(victim["pid"], signal.SIGKILL)
 
         async def replaced() -> bool:
             w = (await gw.workers())[victim["slot"]]
             return bool(w["pid"] not in (None, victim["pid"]) and w["ready"])
 
         await until(replaced, gw)
-        w = (await gw.workers())[victim["slot"]]
-        assert w["restarts"] == 1
-        await until(lambda: _status(gw, "/readyz", 200), gw)
-        assert await fresh_connections(gw.url + "/hello/y", 20) == [200] * 20
-        await until(lambda: gw.counted(80), gw)
-        assert await gw.metric("gateway_requests_total", route="hello") == 80
-        assert await gw.metric("gateway_state_up") == 1  # the dead worker's gauge is gone
-
-        gw.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(gw.proc.wait(), 20) == 0
-        assert not list(gw.run.iterdir())  # the run directory (metrics, sockets) is removed
-        # Audit on stdout went through the supervisor: whole JSON lines, one per request.
-        lines = (tmp_path / "stdout").read_bytes().splitlines()
-        records = [orjson.loads(line) for line in lines]
-        assert len(records) == 80
-        assert {r["route"] for r in records} == {"hello"}
     finally:
-        await runner.cleanup()
-
-
-async def test_a_hung_worker_is_killed_and_replaced(
-    tmp_path: Path, served_procs: list[Served]
-) -> None:
-    async def hello(request: web.Request) -> web.Response:
-        return web.json_response({"hello": request.path})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", hello)
-    runner, up = await start_app(app)
-    cfg, port, admin = write_config(
-        tmp_path,
-        up,
-        "routes: [{name: hello, path: '/hello/**', upstream: u, auth: none}]\n",
-        limits="shutdown_timeout: 10, worker_hang_timeout: 1",
-    )
-    try:
-        gw = await start_served(served_procs, tmp_path, cfg, port, admin)
-        victim = (await gw.workers())[0]
-        # Stopped, not dead: its listener still takes connections it will never answer.
-        os.kill(victim["pid"], signal.SIGSTOP)
-        try:
-
-            async def replaced() -> bool:
-                w = (await gw.workers())[victim["slot"]]
-                return bool(w["pid"] not in (None, victim["pid"]) and w["ready"])
-
-            await until(replaced, gw)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(victim["pid"], signal.SIGCONT)
-        assert (await gw.workers())[victim["slot"]]["restarts"] == 1
-        assert "has not answered its supervisor" in gw.log()
-        await until(lambda: _status(gw, "/readyz", 200), gw)
-        assert await fresh_connections(gw.url + "/hello/z", 20) == [200] * 20
-    finally:
-        await runner.cleanup()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim["pid"], signal.SIGCONT)
+    assert (await gw.workers())[victim["slot"]]["restarts"] == 1
+    assert "has not answered its supervisor" in gw.log()
+    await until(lambda: _status(gw, "/readyz", 200), gw)
+    assert await fresh_connections(gw.url + "/hello/z", 20) == [200] * 20
 
 
 async def _status(gw: Served, path: str, expected: int) -> bool:
