@@ -467,6 +467,20 @@ def report(results: dict[str, Any]) -> str:
             f"| {r['size']} | {r['mode']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f}"
             f" | {cpu} | {rss} | {ratio:.2f}x |"
         )
+    cpus: dict[tuple[str, str], float] = {
+        (r["mode"], r["size"]): r["cpu_us"] for r in rows if r["cpu_us"] is not None
+    }
+    extra = [
+        f"{size} +{cpus['masked', size] - cpus['pass', size]:.0f} us"
+        f" ({cpus['masked', size] / cpus['pass', size]:.2f}x)"
+        for size in SIZES
+        if ("masked", size) in cpus and cpus.get(("pass", size))
+    ]
+    if extra:
+        # What the masked route's features (token, quotas, masking, audit, metrics) cost
+        # on top of the same gateway relaying: the floor ratio's other side.
+        out.append("")
+        out.append("masked over pass, CPU per request: " + ", ".join(extra))
     redis = [r for r in rows if r["mode"] == "redis"]
     if redis and "0.5KB" in masked:
         out.append("")

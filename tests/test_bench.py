@@ -45,6 +45,7 @@ def test_report_has_every_figure() -> None:
         }
     )
     assert "| 0.5KB | masked | 100 | 1.00 | 2.00 | 50 | 70 | 1.00x |" in text
+    assert "masked over pass, CPU per request: 0.5KB +0 us (1.00x), 10KB +0 us" in text
     assert "quota state in Redis: 1.00x" in text
     assert "masking a 25 MB body" in text
     assert "streaming a 1000 MB array" in text
