@@ -297,6 +297,20 @@ static inline int buf_byte(Buf *b, char c) {
     return 0;
 }
 
+/* Decimal text of v, as "%lld" writes it (snprintf's format parsing was a
+   twentieth of a masked response at the confidential level). */
+static int put_int(Buf *b, long long v) {
+    char t[24];
+    int k = sizeof t;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        t[--k] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) t[--k] = '-';
+    return buf_put(b, t + k, (Py_ssize_t)sizeof t - k);
+}
+
 /* ------------------------------------------------------------------ */
 /* the parse                                                            */
 
@@ -985,9 +999,7 @@ static int transform_scalar(Ctx *c, const Action *act, int tok, Py_ssize_t a, Py
             if (neg) v = -v;
             long long q = v / act->step;
             if (v % act->step != 0 && v < 0) q--;
-            char num[32];
-            int k = snprintf(num, sizeof num, "%lld", q * act->step);
-            return buf_put(out, num, k) < 0 ? DECLINE : OK;
+            return put_int(out, q * act->step) < 0 ? DECLINE : OK;
         }
         /* everything else as the reference does it */
     }
