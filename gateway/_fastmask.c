@@ -39,6 +39,12 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+/* SSE2 is baseline on x86_64; the scalar code stays for everything else.
+   __builtin_ctz comes with it, so GCC and Clang only. */
+#if defined(__SSE2__) && defined(__GNUC__)
+#define FM_SSE2 1
+#include <emmintrin.h>
+#endif
 
 /* ------------------------------------------------------------------ */
 /* actions                                                              */
@@ -340,6 +346,7 @@ static const char MARKER[] = "\"[REDACTED]\"";
 static inline void skip_ws(Ctx *c) {
     const unsigned char *s = c->s;
     Py_ssize_t i = c->i, n = c->n;
+    if (i < n && s[i] > ' ') return; /* compact JSON: nearly always */
     while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
     c->i = i;
 }
@@ -391,6 +398,29 @@ static int scan_string(Ctx *c, int *esc) {
     Py_ssize_t i = c->i + 1, n = c->n;
     int e = 0;
     for (;;) {
+#ifdef FM_SSE2
+        /* Sixteen bytes at a time, stopping exactly at the first byte that is
+           not plain ASCII: '"', '\\', or below 0x20 or at/above 0x80 (one
+           signed compare: those are the bytes below 0x20 as signed chars).
+           Most strings are short names and values that end inside the first
+           block, so finding the position (not just "somewhere") matters. */
+        {
+            const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                          space = _mm_set1_epi8(0x20);
+            while (i + 16 <= n) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+                __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                                        _mm_cmpeq_epi8(v, bslash)),
+                                           _mm_cmplt_epi8(v, space));
+                unsigned m = (unsigned)_mm_movemask_epi8(hit);
+                if (m) {
+                    i += __builtin_ctz(m);
+                    goto special;
+                }
+                i += 16;
+            }
+        }
+#endif
         /* eight plain ASCII bytes at a time: none >= 0x80, < 0x20, '"' or '\\' */
         while (i + 8 <= n) {
             uint64_t w, q, b;
@@ -406,6 +436,9 @@ static int scan_string(Ctx *c, int *esc) {
         }
         while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
         if (i >= n) return DECLINE;
+#ifdef FM_SSE2
+    special:;
+#endif
         unsigned char ch = s[i];
         if (ch == '"') break;
         if (ch < 0x20) return DECLINE;
