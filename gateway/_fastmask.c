@@ -70,6 +70,7 @@ typedef struct {
     int first, last;      /* -1: the preset's default */
     char mchar[4];
     int mchar_len;
+    int mchar_plain;      /* mchar needs no JSON escaping */
     long long step;       /* OP_ROUND_INT */
     uint32_t inner[8], outer[8]; /* HMAC-SHA256 states after the key pads */
     int hash_len;
@@ -633,14 +634,49 @@ static int scan_number(Ctx *c, int *is_int) {
 
 static inline int is_cont(unsigned char b) { return (b & 0xC0) == 0x80; }
 
-static Py_ssize_t count_cp(const char *s, Py_ssize_t n) {
-    Py_ssize_t k = 0;
-    for (Py_ssize_t i = 0; i < n; i++) k += !is_cont((unsigned char)s[i]);
-    return k;
+/* Masks count characters, not bytes. The counts below go eight bytes at a
+   time: a continuation byte is 10xxxxxx, found in every byte of a word at
+   once with no carries between bytes; the flagged bytes (0x80 each) are
+   summed by one multiplication (at most 8, no overflow into the top byte). */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static inline uint64_t load8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
 }
 
-/* byte offset of code point number `cp` (cp <= count) */
-static Py_ssize_t cp_offset(const char *s, Py_ssize_t n, Py_ssize_t cp) {
+static inline Py_ssize_t count_flags(uint64_t m) { return (Py_ssize_t)(((m >> 7) * ONES) >> 56); }
+
+/* 0x80 in each byte of w equal to c, exactly (no borrow between bytes) */
+static inline uint64_t eq_bytes(uint64_t w, unsigned char c) {
+    uint64_t t = w ^ (ONES * c);
+    return ~(((t & ~HIGHS) + ~HIGHS) | t) & HIGHS;
+}
+
+/* Code points of s[0:n), and how many of them are ' ' or '-' (seps may be NULL). */
+static Py_ssize_t text_stats(const char *s, Py_ssize_t n, Py_ssize_t *seps) {
+    Py_ssize_t cont = 0, sep = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = load8(s + i);
+        cont += count_flags(w & ~(w << 1) & HIGHS);
+        if (seps != NULL) sep += count_flags(eq_bytes(w, ' ') | eq_bytes(w, '-'));
+    }
+    for (; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        cont += is_cont(ch);
+        sep += ch == ' ' || ch == '-';
+    }
+    if (seps != NULL) *seps = sep;
+    return n - cont;
+}
+
+static Py_ssize_t count_cp(const char *s, Py_ssize_t n) { return text_stats(s, n, NULL); }
+
+/* byte offset of code point number `cp` (cp <= count); cps: the count */
+static Py_ssize_t cp_offset(const char *s, Py_ssize_t n, Py_ssize_t cps, Py_ssize_t cp) {
+    if (cps == n) return cp >= 0 && cp <= n ? cp : n; /* ASCII: bytes are characters */
     Py_ssize_t k = 0, i = 0;
     for (; i < n; i++) {
         if (!is_cont((unsigned char)s[i])) {
@@ -651,32 +687,45 @@ static Py_ssize_t cp_offset(const char *s, Py_ssize_t n, Py_ssize_t cp) {
     return n;
 }
 
+/* Room for `need` more bytes, so the writes that follow need no checks. */
+static inline int buf_reserve(Buf *b, Py_ssize_t need) {
+    return (b->cap - b->len < need && buf_grow(b, need) < 0) ? -1 : 0;
+}
+
 static int put_chars(Buf *b, const Action *a, Py_ssize_t k) {
-    for (Py_ssize_t i = 0; i < k; i++)
-        if (buf_put(b, a->mchar, a->mchar_len) < 0) return -1;
+    if (k <= 0) return 0;
+    if (buf_reserve(b, k * a->mchar_len) < 0) return -1;
+    char *p = b->p + b->len;
+    if (a->mchar_len == 1) {
+        memset(p, a->mchar[0], (size_t)k);
+    } else {
+        for (Py_ssize_t i = 0; i < k; i++, p += a->mchar_len)
+            memcpy(p, a->mchar, (size_t)a->mchar_len);
+    }
+    b->len += k * a->mchar_len;
     return 0;
 }
 
-static int keep_ends(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
-                     Py_ssize_t last) {
-    Py_ssize_t cps = count_cp(s, n);
+static int keep_ends_n(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t cps,
+                       Py_ssize_t first, Py_ssize_t last) {
     if (cps <= first + last) return put_chars(b, a, cps);
-    Py_ssize_t head = cp_offset(s, n, first);
-    Py_ssize_t tail = cp_offset(s, n, cps - last);
+    Py_ssize_t head = cp_offset(s, n, cps, first);
+    Py_ssize_t tail = cp_offset(s, n, cps, cps - last);
     if (buf_put(b, s, head) < 0) return -1;
     if (put_chars(b, a, cps - first - last) < 0) return -1;
     return buf_put(b, s + tail, n - tail);
 }
 
-static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
-                         Py_ssize_t last) {
-    if (memchr(s, ' ', (size_t)n) == NULL && memchr(s, '-', (size_t)n) == NULL)
-        return keep_ends(b, a, s, n, first, last);
-    Py_ssize_t sig = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!is_cont(ch) && ch != ' ' && ch != '-') sig++;
-    }
+static int keep_ends(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
+                     Py_ssize_t last) {
+    return keep_ends_n(b, a, s, n, count_cp(s, n), first, last);
+}
+
+/* cps and seps: text_stats of s */
+static int keep_ends_sig_n(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t cps,
+                           Py_ssize_t seps, Py_ssize_t first, Py_ssize_t last) {
+    if (seps == 0) return keep_ends_n(b, a, s, n, cps, first, last);
+    Py_ssize_t sig = cps - seps;
     int all = sig <= first + last;
     Py_ssize_t k = 0, i = 0;
     while (i < n) {
@@ -693,6 +742,12 @@ static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, P
         i = j;
     }
     return 0;
+}
+
+static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
+                         Py_ssize_t last) {
+    Py_ssize_t seps, cps = text_stats(s, n, &seps);
+    return keep_ends_sig_n(b, a, s, n, cps, seps, first, last);
 }
 
 /* Code points of valid UTF-8 text, with the byte offset of each (off[n] = len). */
@@ -877,13 +932,9 @@ static int mask_text(Buf *b, const Action *a, const char *s, Py_ssize_t n) {
     case OP_MASK_SIG:
         return keep_ends_sig(b, a, s, n, a->first, a->last);
     case OP_MASK_CN_ID: {
-        Py_ssize_t last = a->last;
-        if (last < 0) {
-            Py_ssize_t sig = count_cp(s, n);
-            for (Py_ssize_t i = 0; i < n; i++) sig -= (s[i] == ' ' || s[i] == '-');
-            last = sig == 15 ? 3 : 4;
-        }
-        return keep_ends_sig(b, a, s, n, a->first < 0 ? 6 : a->first, last);
+        Py_ssize_t seps, cps = text_stats(s, n, &seps), last = a->last;
+        if (last < 0) last = cps - seps == 15 ? 3 : 4;
+        return keep_ends_sig_n(b, a, s, n, cps, seps, a->first < 0 ? 6 : a->first, last);
     }
     case OP_MASK_PHONE: {
         Py_ssize_t p = 0;
@@ -1069,8 +1120,18 @@ static int transform_scalar(Ctx *c, const Action *act, int tok, Py_ssize_t a, Py
     } else {
         return buf_put(out, MARKER, sizeof MARKER - 1) < 0 ? DECLINE : OK; /* mask of a bool */
     }
+    if (text != c->tmp.p && act->mchar_plain) {
+        /* Text straight from the body (no escapes in it, so no '"', '\\' or
+           control bytes) masked with a plain mask character: every mask writes
+           pieces of the text, mask characters and ASCII, so the result needs no
+           escaping and goes straight out between its quotes. */
+        if (buf_byte(out, '"') < 0 || mask_text(out, act, text, len) < 0 ||
+            buf_byte(out, '"') < 0)
+            return DECLINE;
+        return OK;
+    }
     /* masked text goes through a second buffer, then out with escaping */
-    Buf m = {NULL, 0, 0};
+    Buf m = {NULL, 0, 0, NULL};
     if (text == c->tmp.p) {
         /* text lives in tmp; mask into a fresh buffer */
         if (mask_text(&m, act, text, len) < 0) { PyMem_Free(m.p); return DECLINE; }
@@ -1373,6 +1434,9 @@ static int parse_action(PyObject *t, Action *a, PyObject *refs) {
     }
     memcpy(a->mchar, ch, (size_t)n);
     a->mchar_len = (int)n;
+    a->mchar_plain = 1;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if ((unsigned char)ch[k] < 0x20 || ch[k] == '"' || ch[k] == '\\') a->mchar_plain = 0;
     if (op == OP_HASH) {
         for (int w = 0; w < 2; w++) {
             PyObject *pad = PyTuple_GET_ITEM(t, 4 + w);
