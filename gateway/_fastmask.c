@@ -111,23 +111,54 @@ typedef struct {
     PyObject *refs; /* keeps callables alive */
 } Program;
 
-static uint32_t fnv(const char *s, Py_ssize_t n) {
-    uint32_t h = 2166136261u;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
+static inline uint64_t load8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
 }
 
-static int lookup_key(const State *st, const char *k, Py_ssize_t n) {
+static inline uint32_t load4(const char *s) {
+    uint32_t w;
+    memcpy(&w, s, 4);
+    return w;
+}
+
+/* Member names are hashed from at most two overlapping words (first and last
+   eight bytes) and the length, not byte by byte: names are short, and a
+   collision only costs a comparison with an entry of the state's table. */
+static inline uint32_t key_hash(const char *k, Py_ssize_t n) {
+    uint64_t h;
+    if (n >= 8) h = load8(k) ^ (load8(k + n - 8) * 0xC2B2AE3D27D4EB4FULL);
+    else if (n >= 4) h = load4(k) | ((uint64_t)load4(k + n - 4) << 32);
+    else if (n > 0) h = (unsigned char)k[0] | ((unsigned)(unsigned char)k[n / 2] << 8) |
+                        ((unsigned)(unsigned char)k[n - 1] << 16);
+    else h = 0;
+    h = (h ^ (uint64_t)n) * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(h >> 32);
+}
+
+/* a[0:n) == b[0:n), inline (a libc memcmp call costs more than a short name) */
+static inline int key_eq(const char *a, const char *b, Py_ssize_t n) {
+    if (n >= 8) {
+        Py_ssize_t i = 0;
+        for (; i + 8 < n; i += 8)
+            if (load8(a + i) != load8(b + i)) return 0;
+        return load8(a + n - 8) == load8(b + n - 8);
+    }
+    if (n >= 4) return load4(a) == load4(b) && load4(a + n - 4) == load4(b + n - 4);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
+static inline int lookup_key(const State *st, const char *k, Py_ssize_t n) {
     if (st->ktab != NULL) {
-        uint32_t h = fnv(k, n);
+        uint32_t h = key_hash(k, n);
         uint32_t i = h & st->kmask;
         for (;;) {
             const KeyEnt *e = &st->ktab[i];
             if (e->key == NULL) break;
-            if (e->hash == h && e->len == n && memcmp(e->key, k, (size_t)n) == 0) return e->target;
+            if (e->hash == h && e->len == n && key_eq(e->key, k, n)) return e->target;
             i = (i + 1) & st->kmask;
         }
     }
@@ -290,10 +321,31 @@ static int buf_grow(Buf *b, Py_ssize_t need) {
     return 0;
 }
 
+/* Copy 1..16 bytes with two overlapping loads and stores, within both
+   ranges: most pieces written are names and short values, where a memcpy
+   call and its size dispatch cost more than the copy. */
+static inline void copy_small(char *d, const char *s, Py_ssize_t n) {
+    if (n >= 8) {
+        uint64_t x = load8(s), y = load8(s + n - 8);
+        memcpy(d, &x, 8);
+        memcpy(d + n - 8, &y, 8);
+    } else if (n >= 4) {
+        uint32_t x = load4(s), y = load4(s + n - 4);
+        memcpy(d, &x, 4);
+        memcpy(d + n - 4, &y, 4);
+    } else {
+        char x = s[0], y = s[n / 2], z = s[n - 1];
+        d[0] = x;
+        d[n / 2] = y;
+        d[n - 1] = z;
+    }
+}
+
 static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     if (n <= 0) return 0; /* s may be NULL then (an empty decoded string) */
     if (b->cap - b->len < n && buf_grow(b, n) < 0) return -1;
-    memcpy(b->p + b->len, s, (size_t)n);
+    if (n <= 16) copy_small(b->p + b->len, s, n);
+    else memcpy(b->p + b->len, s, (size_t)n);
     b->len += n;
     return 0;
 }
@@ -640,12 +692,6 @@ static inline int is_cont(unsigned char b) { return (b & 0xC0) == 0x80; }
    summed by one multiplication (at most 8, no overflow into the top byte). */
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
-
-static inline uint64_t load8(const char *s) {
-    uint64_t w;
-    memcpy(&w, s, 8);
-    return w;
-}
 
 static inline Py_ssize_t count_flags(uint64_t m) { return (Py_ssize_t)(((m >> 7) * ONES) >> 56); }
 
@@ -1546,7 +1592,7 @@ static PyObject *fm_compile(PyObject *mod, PyObject *args) {
                 }
                 Py_ssize_t len = PyBytes_GET_SIZE(k);
                 memcpy(kb, PyBytes_AS_STRING(k), (size_t)len);
-                uint32_t h = fnv(kb, len);
+                uint32_t h = key_hash(kb, len);
                 uint32_t j = h & st->kmask;
                 while (st->ktab[j].key != NULL) j = (j + 1) & st->kmask;
                 st->ktab[j].key = kb;
