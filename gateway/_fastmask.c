@@ -151,9 +151,8 @@ static inline int key_eq(const char *a, const char *b, Py_ssize_t n) {
     return 1;
 }
 
-static inline int lookup_key(const State *st, const char *k, Py_ssize_t n) {
+static inline int lookup_key_h(const State *st, const char *k, Py_ssize_t n, uint32_t h) {
     if (st->ktab != NULL) {
-        uint32_t h = key_hash(k, n);
         uint32_t i = h & st->kmask;
         for (;;) {
             const KeyEnt *e = &st->ktab[i];
@@ -163,6 +162,10 @@ static inline int lookup_key(const State *st, const char *k, Py_ssize_t n) {
         }
     }
     return st->other;
+}
+
+static inline int lookup_key(const State *st, const char *k, Py_ssize_t n) {
+    return lookup_key_h(st, k, n, st->ktab != NULL ? key_hash(k, n) : 0);
 }
 
 static int lookup_idx(const State *st, int64_t j) {
@@ -1022,10 +1025,6 @@ static int mask_text(Buf *b, const Action *a, const char *s, Py_ssize_t n) {
 
 static int parse_value(Ctx *c, int ms, int allow, int emit, int rs);
 
-static inline int next_state(const Program *p, int st, const char *k, Py_ssize_t n) {
-    return st < 0 ? -1 : lookup_key(&p->states[st], k, n);
-}
-
 static inline int next_index(const Program *p, int st, int64_t j) {
     return st < 0 ? -1 : lookup_idx(&p->states[st], j);
 }
@@ -1223,9 +1222,9 @@ typedef struct {
 } KeyRef;
 
 static int check_duplicate(Ctx *c, KeyRef *keys, int nkeys, Py_ssize_t off, Py_ssize_t len) {
-    const unsigned char *s = c->s;
+    const char *s = (const char *)c->s;
     for (int k = 0; k < nkeys; k++)
-        if (keys[k].len == len && memcmp(s + keys[k].off, s + off, (size_t)len) == 0) return 1;
+        if (keys[k].len == len && key_eq(s + keys[k].off, s + off, len)) return 1;
     return 0;
 }
 
@@ -1242,14 +1241,54 @@ static void record_id(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
     Py_XDECREF(v);
 }
 
+#if defined(__GNUC__)
+#define FM_INLINE inline __attribute__((always_inline))
+#else
+#define FM_INLINE inline
+#endif
+
+/* A scalar value at c->i (blanks skipped) in mask state ms; the contract of
+   parse_value. Inlined into the member and element loops: most values are
+   scalars, and a recursive call per value cost more than deciding it. */
+static FM_INLINE int parse_scalar(Ctx *c, int ms, int allow, int emit) {
+    const Program *p = c->prog;
+    const Action *act = NULL;
+    if (emit) {
+        int out = ms >= 0 ? p->states[ms].outcome : -1;
+        if (out >= 0) {
+            c->counts[out]++;
+            act = &p->actions[out];
+            if (act->op == OP_REVEAL) act = NULL;
+            else if (act->op == OP_DROP) emit = 0;
+        } else if (allow) {
+            c->counts[p->unlisted]++;
+            emit = 0;
+        }
+    }
+    int tok, esc, is_int;
+    Py_ssize_t a = c->i;
+    if (scan_scalar(c, &tok, &esc, &is_int) < 0) return DECLINE;
+    if (!emit) return DROPPED; /* dropped, or emit was off: the parent ignores it */
+    if (act != NULL) return transform_scalar(c, act, tok, a, c->i, esc, is_int);
+    return copy_scalar(c, tok, a, c->i, esc);
+}
+
+static int parse_container(Ctx *c, int ms, int allow, int emit, int rs);
+
 /* Value at c->i whose automaton states are ms (mask) and rs (records).
    Returns OK, DROPPED (the parent must remove the member) or DECLINE. */
 static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
-    const Program *p = c->prog;
     skip_ws(c);
     if (c->i >= c->n) return DECLINE;
     unsigned char ch = c->s[c->i];
-    int container = ch == '{' || ch == '[';
+    if (ch == '{' || ch == '[') return parse_container(c, ms, allow, emit, rs);
+    return parse_scalar(c, ms, allow, emit);
+}
+
+/* The object or array at c->i; the contract of parse_value. */
+static int parse_container(Ctx *c, int ms, int allow, int emit, int rs) {
+    const Program *p = c->prog;
+    unsigned char ch = c->s[c->i];
     const Action *act = NULL;
     int descend = 0; /* walk inside with ms */
     if (emit) {
@@ -1260,12 +1299,7 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
             if (act->op == OP_REVEAL) {
                 act = NULL;
                 allow = 0;
-                descend = container && p->states[ms].live;
-            }
-        } else if (!container) {
-            if (allow) {
-                c->counts[p->unlisted]++;
-                emit = 0;
+                descend = p->states[ms].live;
             }
         } else if (ms >= 0 && p->states[ms].live) {
             descend = 1;
@@ -1279,20 +1313,12 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
         if (act->op == OP_DROP) {
             emit = 0;
             dropped = 1;
-        } else if (container) {
+        } else {
             /* structures cannot be masked: the marker, and nothing inside */
             if (buf_put(&c->out, MARKER, sizeof MARKER - 1) < 0) return DECLINE;
             emit = 0;
             dropped = 0;
         }
-    }
-    if (!container) {
-        int tok, esc, is_int;
-        Py_ssize_t a = c->i;
-        if (scan_scalar(c, &tok, &esc, &is_int) < 0) return DECLINE;
-        if (!emit) return dropped ? DROPPED : OK;
-        if (act != NULL) return transform_scalar(c, act, tok, a, c->i, esc, is_int);
-        return copy_scalar(c, tok, a, c->i, esc);
     }
     if (!descend) ms = -1;
     if (++c->depth > c->max_depth) return DECLINE;
@@ -1307,7 +1333,7 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
         KeyRef small[32];
         KeyRef *keys = small;
         int nkeys = 0, cap = 32;
-        uint64_t seen = 0;
+        uint64_t seen[2] = {0, 0}; /* names so far, by hash bit */
         int rc = OK;
         if (c->i < c->n && c->s[c->i] == '}') {
             c->i++;
@@ -1319,13 +1345,16 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
                 Py_ssize_t ka = c->i;
                 if (scan_string(c, &esc) < 0 || esc) { rc = DECLINE; break; }
                 Py_ssize_t kend = c->i, koff = ka + 1, klen = c->i - ka - 2;
-                /* duplicate names: a 64-bit filter first, the exact check on a hit */
-                uint64_t bit = 1ULL << ((klen * 31 + (klen ? c->s[koff] * 7 + c->s[koff + klen - 1] : 0)) & 63);
-                if ((seen & bit) && check_duplicate(c, keys, nkeys, koff, klen)) {
+                const char *k = (const char *)c->s + koff;
+                /* one hash for both automata and the duplicate filter (128
+                   bits); the exact check only on a filter hit */
+                uint32_t h = key_hash(k, klen);
+                uint64_t bit = 1ULL << (h & 63);
+                if ((seen[(h >> 6) & 1] & bit) && check_duplicate(c, keys, nkeys, koff, klen)) {
                     rc = DECLINE;
                     break;
                 }
-                seen |= bit;
+                seen[(h >> 6) & 1] |= bit;
                 if (nkeys == cap) {
                     KeyRef *nk = PyMem_Malloc(sizeof(KeyRef) * (size_t)cap * 2);
                     if (nk == NULL) { rc = DECLINE; break; }
@@ -1342,19 +1371,27 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
                 c->i++;
                 Py_ssize_t save = c->out.len;
                 if (emit) {
-                    if ((kept && buf_byte(&c->out, ',') < 0) ||
-                        buf_put(&c->out, (const char *)c->s + ka, kend - ka) < 0 ||
-                        buf_byte(&c->out, ':') < 0) { rc = DECLINE; break; }
+                    /* [,]"name": in one go */
+                    Py_ssize_t kl = kend - ka;
+                    if (buf_reserve(&c->out, kl + 2) < 0) { rc = DECLINE; break; }
+                    char *d = c->out.p + c->out.len;
+                    if (kept) *d++ = ',';
+                    if (kl <= 16) copy_small(d, (const char *)c->s + ka, kl);
+                    else memcpy(d, c->s + ka, (size_t)kl);
+                    d[kl] = ':';
+                    c->out.len = d + kl + 1 - c->out.p;
                 }
-                const char *k = (const char *)c->s + koff;
-                int cms = next_state(p, ms, k, klen);
-                int crs = r != NULL ? next_state(r, rs, k, klen) : -1;
-                int is_id = is_record && klen == c->id_len && memcmp(k, c->id_key, (size_t)klen) == 0;
-                Py_ssize_t va = 0;
-                if (is_id) { skip_ws(c); va = c->i; }
-                int v = parse_value(c, cms, allow, emit, crs);
+                int cms = ms < 0 ? -1 : lookup_key_h(&p->states[ms], k, klen, h);
+                int crs = rs < 0 ? -1 : lookup_key_h(&r->states[rs], k, klen, h);
+                int is_id = is_record && klen == c->id_len && key_eq(k, c->id_key, klen);
+                skip_ws(c);
+                if (c->i >= c->n) { rc = DECLINE; break; }
+                Py_ssize_t va = c->i;
+                unsigned char vc = c->s[va];
+                int v = vc == '{' || vc == '[' ? parse_container(c, cms, allow, emit, crs)
+                                               : parse_scalar(c, cms, allow, emit);
                 if (v == DECLINE) { rc = DECLINE; break; }
-                if (is_id && c->s[va] != '{' && c->s[va] != '[') {
+                if (is_id && vc != '{' && vc != '[') {
                     int tok, esc2, is_int;
                     Ctx probe = *c;
                     probe.i = va;
@@ -1387,7 +1424,11 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
                 if (emit && kept && buf_byte(&c->out, ',') < 0) return DECLINE;
                 int cms = next_index(p, ms, j);
                 int crs = r != NULL ? next_index(r, rs, j) : -1;
-                int v = parse_value(c, cms, allow, emit, crs);
+                skip_ws(c);
+                if (c->i >= c->n) return DECLINE;
+                unsigned char vc = c->s[c->i];
+                int v = vc == '{' || vc == '[' ? parse_container(c, cms, allow, emit, crs)
+                                               : parse_scalar(c, cms, allow, emit);
                 if (v == DECLINE) return DECLINE;
                 in++;
                 j++;
