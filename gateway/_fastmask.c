@@ -39,6 +39,12 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__GNUC__)
+#define FM_INLINE inline __attribute__((always_inline))
+#else
+#define FM_INLINE inline
+#endif
+
 /* SSE2 is baseline on x86_64; the scalar code stays for everything else.
    __builtin_ctz comes with it, so GCC and Clang only. */
 #if defined(__SSE2__) && defined(__GNUC__)
@@ -553,6 +559,30 @@ static int scan_string(Ctx *c, int *esc) {
         }
         /* a run of non-ASCII characters (Chinese text): validate it in one go */
         do {
+#ifdef FM_SSE2
+            /* Up to five three-byte characters in one block: lead bytes E1..EF
+               but not ED (so no overlong or surrogate case arises) at
+               positions 0, 3, 6, 9, 12, each followed by two continuation
+               bytes. ok has a bit per valid character start; p is the first
+               start that is not one (15: all five are). */
+            if (i + 16 <= n) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+                unsigned lead =
+                    (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                        _mm_and_si128(v, _mm_set1_epi8((char)0xF0)), _mm_set1_epi8((char)0xE0))) &
+                    ~(unsigned)_mm_movemask_epi8(
+                        _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xE0)),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xED))));
+                unsigned cont = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                    _mm_and_si128(v, _mm_set1_epi8((char)0xC0)), _mm_set1_epi8((char)0x80)));
+                unsigned ok = lead & (cont >> 1) & (cont >> 2) & 0x1249u;
+                unsigned p = (unsigned)__builtin_ctz(~ok & 0x9249u);
+                if (p) {
+                    i += p;
+                    continue;
+                }
+            }
+#endif
             unsigned char b = s[i];
             /* three-byte sequences without the E0/ED special cases (all of CJK) */
             if (b >= 0xE1 && b != 0xED && b <= 0xEF && i + 2 < n && (s[i + 1] & 0xC0) == 0x80 &&
@@ -568,6 +598,31 @@ static int scan_string(Ctx *c, int *esc) {
     *esc = e;
     c->i = i + 1;
     return OK;
+}
+
+/* scan_string, with the common case inline: the whole string within the
+   first sixteen bytes, plain ASCII (most names and short values). */
+static FM_INLINE int scan_string_fast(Ctx *c, int *esc) {
+#ifdef FM_SSE2
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i + 1;
+    if (i + 16 <= c->n) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+        __m128i hit = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+            _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+        unsigned m = (unsigned)_mm_movemask_epi8(hit);
+        if (m) {
+            i += __builtin_ctz(m);
+            if (s[i] == '"') {
+                *esc = 0;
+                c->i = i + 1;
+                return OK;
+            }
+        }
+    }
+#endif
+    return scan_string(c, esc);
 }
 
 static int put_utf8(Buf *b, uint32_t cp) {
@@ -649,6 +704,26 @@ static int put_json_string(Buf *b, const char *s, Py_ssize_t n) {
     return buf_byte(b, '"');
 }
 
+/* End of the run of ASCII digits from i. Eight bytes at a time on
+   little-endian GCC/Clang: x ^ '0' leaves digits as 0..9; a byte is not a
+   digit when its high nibble is set or its low nibble + 6 carries into bit 4
+   (exact per byte: no carry crosses bytes), and the lowest flagged byte is
+   the first non-digit. Account numbers and amounts run to 20 digits. */
+static inline Py_ssize_t digits_end(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= n) {
+        uint64_t t = load8((const char *)s + i) ^ 0x3030303030303030ULL;
+        uint64_t bad = (t & 0xF0F0F0F0F0F0F0F0ULL) |
+                       (((t & 0x0F0F0F0F0F0F0F0FULL) + 0x0606060606060606ULL) &
+                        0x1010101010101010ULL);
+        if (bad) return i + (__builtin_ctzll(bad) >> 3);
+        i += 8;
+    }
+#endif
+    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    return i;
+}
+
 /* Scan a number token; *exact_int: an integer token that the reference
    decodes as a Python int (no fraction/exponent, not -0, within int64). */
 static int scan_number(Ctx *c, int *is_int) {
@@ -660,7 +735,7 @@ static int scan_number(Ctx *c, int *is_int) {
     if (s[i] == '0') {
         i++;
     } else if (s[i] >= '1' && s[i] <= '9') {
-        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        i = digits_end(s, i, n);
     } else {
         return DECLINE;
     }
@@ -668,7 +743,7 @@ static int scan_number(Ctx *c, int *is_int) {
         integral = 0;
         i++;
         if (i >= n || s[i] < '0' || s[i] > '9') return DECLINE;
-        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        i = digits_end(s, i, n);
     }
     if (i < n && (s[i] == 'e' || s[i] == 'E')) {
         integral = 0;
@@ -676,7 +751,7 @@ static int scan_number(Ctx *c, int *is_int) {
         i++;
         if (i < n && (s[i] == '+' || s[i] == '-')) i++;
         if (i >= n || s[i] < '0' || s[i] > '9') return DECLINE;
-        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        i = digits_end(s, i, n);
     }
     Py_ssize_t len = i - start;
     if (has_exp || len > 300) {
@@ -1219,13 +1294,13 @@ static int transform_scalar(Ctx *c, const Action *act, int tok, Py_ssize_t a, Py
 }
 
 /* Parse one scalar token at c->i: its kind and flags. */
-static int scan_scalar(Ctx *c, int *tok, int *esc, int *is_int) {
+static FM_INLINE int scan_scalar(Ctx *c, int *tok, int *esc, int *is_int) {
     const unsigned char *s = c->s;
     Py_ssize_t i = c->i, n = c->n;
     unsigned char ch = s[i];
     *esc = 0;
     *is_int = 0;
-    if (ch == '"') { *tok = '"'; return scan_string(c, esc); }
+    if (ch == '"') { *tok = '"'; return scan_string_fast(c, esc); }
     if (ch == '-' || (ch >= '0' && ch <= '9')) { *tok = 'n'; return scan_number(c, is_int); }
     if (ch == 't' && n - i >= 4 && memcmp(s + i, "true", 4) == 0) { *tok = 't'; c->i += 4; return OK; }
     if (ch == 'f' && n - i >= 5 && memcmp(s + i, "false", 5) == 0) { *tok = 'f'; c->i += 5; return OK; }
@@ -1234,7 +1309,7 @@ static int scan_scalar(Ctx *c, int *tok, int *esc, int *is_int) {
 }
 
 /* Copy a scalar token to the output, normalised as the reference writes it. */
-static int copy_scalar(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
+static FM_INLINE int copy_scalar(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
     if (tok == '"' && esc) {
         c->tmp.len = 0;
         if (unescape(&c->tmp, c->s, a + 1, b - 1) < 0) return DECLINE;
@@ -1267,12 +1342,6 @@ static void record_id(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
     if (v == NULL || PyList_Append(c->ids, v) < 0) c->error = 1;
     Py_XDECREF(v);
 }
-
-#if defined(__GNUC__)
-#define FM_INLINE inline __attribute__((always_inline))
-#else
-#define FM_INLINE inline
-#endif
 
 /* A scalar value at c->i (blanks skipped) in mask state ms; the contract of
    parse_value. Inlined into the member and element loops: most values are
@@ -1370,7 +1439,7 @@ static int parse_container(Ctx *c, int ms, int allow, int emit, int rs) {
                 if (c->i >= c->n || c->s[c->i] != '"') { rc = DECLINE; break; }
                 int esc;
                 Py_ssize_t ka = c->i;
-                if (scan_string(c, &esc) < 0 || esc) { rc = DECLINE; break; }
+                if (scan_string_fast(c, &esc) < 0 || esc) { rc = DECLINE; break; }
                 Py_ssize_t kend = c->i, koff = ka + 1, klen = c->i - ka - 2;
                 const char *k = (const char *)c->s + koff;
                 /* one hash for both automata and the duplicate filter (128
@@ -1419,7 +1488,7 @@ static int parse_container(Ctx *c, int ms, int allow, int emit, int rs) {
                                                : parse_scalar(c, cms, allow, emit);
                 if (v == DECLINE) { rc = DECLINE; break; }
                 if (is_id && vc != '{' && vc != '[') {
-                    int tok, esc2, is_int;
+                    int tok = 0, esc2 = 0, is_int;
                     Ctx probe = *c;
                     probe.i = va;
                     scan_scalar(&probe, &tok, &esc2, &is_int);
