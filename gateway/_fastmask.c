@@ -39,6 +39,18 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__GNUC__)
+#define FM_INLINE inline __attribute__((always_inline))
+#else
+#define FM_INLINE inline
+#endif
+
+/* SSE2 is baseline on x86_64; the scalar code stays for everything else.
+   __builtin_ctz comes with it, so GCC and Clang only. */
+#if defined(__SSE2__) && defined(__GNUC__)
+#define FM_SSE2 1
+#include <emmintrin.h>
+#endif
 
 /* ------------------------------------------------------------------ */
 /* actions                                                              */
@@ -64,6 +76,7 @@ typedef struct {
     int first, last;      /* -1: the preset's default */
     char mchar[4];
     int mchar_len;
+    int mchar_plain;      /* mchar needs no JSON escaping */
     long long step;       /* OP_ROUND_INT */
     uint32_t inner[8], outer[8]; /* HMAC-SHA256 states after the key pads */
     int hash_len;
@@ -104,27 +117,61 @@ typedef struct {
     PyObject *refs; /* keeps callables alive */
 } Program;
 
-static uint32_t fnv(const char *s, Py_ssize_t n) {
-    uint32_t h = 2166136261u;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
+static inline uint64_t load8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
 }
 
-static int lookup_key(const State *st, const char *k, Py_ssize_t n) {
+static inline uint32_t load4(const char *s) {
+    uint32_t w;
+    memcpy(&w, s, 4);
+    return w;
+}
+
+/* Member names are hashed from at most two overlapping words (first and last
+   eight bytes) and the length, not byte by byte: names are short, and a
+   collision only costs a comparison with an entry of the state's table. */
+static inline uint32_t key_hash(const char *k, Py_ssize_t n) {
+    uint64_t h;
+    if (n >= 8) h = load8(k) ^ (load8(k + n - 8) * 0xC2B2AE3D27D4EB4FULL);
+    else if (n >= 4) h = load4(k) | ((uint64_t)load4(k + n - 4) << 32);
+    else if (n > 0) h = (unsigned char)k[0] | ((unsigned)(unsigned char)k[n / 2] << 8) |
+                        ((unsigned)(unsigned char)k[n - 1] << 16);
+    else h = 0;
+    h = (h ^ (uint64_t)n) * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(h >> 32);
+}
+
+/* a[0:n) == b[0:n), inline (a libc memcmp call costs more than a short name) */
+static inline int key_eq(const char *a, const char *b, Py_ssize_t n) {
+    if (n >= 8) {
+        Py_ssize_t i = 0;
+        for (; i + 8 < n; i += 8)
+            if (load8(a + i) != load8(b + i)) return 0;
+        return load8(a + n - 8) == load8(b + n - 8);
+    }
+    if (n >= 4) return load4(a) == load4(b) && load4(a + n - 4) == load4(b + n - 4);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
+static inline int lookup_key_h(const State *st, const char *k, Py_ssize_t n, uint32_t h) {
     if (st->ktab != NULL) {
-        uint32_t h = fnv(k, n);
         uint32_t i = h & st->kmask;
         for (;;) {
             const KeyEnt *e = &st->ktab[i];
             if (e->key == NULL) break;
-            if (e->hash == h && e->len == n && memcmp(e->key, k, (size_t)n) == 0) return e->target;
+            if (e->hash == h && e->len == n && key_eq(e->key, k, n)) return e->target;
             i = (i + 1) & st->kmask;
         }
     }
     return st->other;
+}
+
+static inline int lookup_key(const State *st, const char *k, Py_ssize_t n) {
+    return lookup_key_h(st, k, n, st->ktab != NULL ? key_hash(k, n) : 0);
 }
 
 static int lookup_idx(const State *st, int64_t j) {
@@ -152,27 +199,54 @@ static const uint32_t H256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
 
 #define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
+/* The portable compression, unrolled with the working variables renamed per
+   round instead of shifted, and the message schedule in a 16-word ring with
+   constant indices: about half the instructions of the plain loop. It runs
+   where the CPU has no SHA extensions (and under valgrind). */
+#define CH(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
+#define MAJ(x, y, z) (((x) & (y)) | ((z) & ((x) | (y))))
+/* nested rotations: fewer register copies on two-operand machines */
+#define BS0(x) ROR(ROR(ROR(x, 9) ^ (x), 11) ^ (x), 2)
+#define BS1(x) ROR(ROR(ROR(x, 14) ^ (x), 5) ^ (x), 6)
+#define SS0(x) (ROR(ROR(x, 11) ^ (x), 7) ^ ((x) >> 3))
+#define SS1(x) (ROR(ROR(x, 2) ^ (x), 17) ^ ((x) >> 10))
+#define RND(a, b, c, d, e, f, g, h, k, wi)                        \
+    do {                                                          \
+        uint32_t t1 = h + BS1(e) + CH(e, f, g) + (k) + (wi);      \
+        d += t1;                                                  \
+        h = t1 + BS0(a) + MAJ(a, b, c);                           \
+    } while (0)
+#define WUP(i) (w[i] += SS1(w[((i) + 14) & 15]) + w[((i) + 9) & 15] + SS0(w[((i) + 1) & 15]))
+#define ROUNDS16(K, W)                                \
+    RND(a, b, c, d, e, f, g, h, K[0], W(0));          \
+    RND(h, a, b, c, d, e, f, g, K[1], W(1));          \
+    RND(g, h, a, b, c, d, e, f, K[2], W(2));          \
+    RND(f, g, h, a, b, c, d, e, K[3], W(3));          \
+    RND(e, f, g, h, a, b, c, d, K[4], W(4));          \
+    RND(d, e, f, g, h, a, b, c, K[5], W(5));          \
+    RND(c, d, e, f, g, h, a, b, K[6], W(6));          \
+    RND(b, c, d, e, f, g, h, a, K[7], W(7));          \
+    RND(a, b, c, d, e, f, g, h, K[8], W(8));          \
+    RND(h, a, b, c, d, e, f, g, K[9], W(9));          \
+    RND(g, h, a, b, c, d, e, f, K[10], W(10));        \
+    RND(f, g, h, a, b, c, d, e, K[11], W(11));        \
+    RND(e, f, g, h, a, b, c, d, K[12], W(12));        \
+    RND(d, e, f, g, h, a, b, c, K[13], W(13));        \
+    RND(c, d, e, f, g, h, a, b, K[14], W(14));        \
+    RND(b, c, d, e, f, g, h, a, K[15], W(15))
+#define WLOAD(i) (w[i])
+
 static void sha256_block(uint32_t st[8], const unsigned char *p) {
-    uint32_t w[64];
+    uint32_t w[16];
     for (int i = 0; i < 16; i++)
         w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) |
                ((uint32_t)p[4 * i + 2] << 8) | (uint32_t)p[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
     uint32_t a = st[0], b = st[1], c = st[2], d = st[3], e = st[4], f = st[5], g = st[6],
              h = st[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t S1 = ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25);
-        uint32_t ch = (e & f) ^ (~e & g);
-        uint32_t t1 = h + S1 + ch + K256[i] + w[i];
-        uint32_t S0 = ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22);
-        uint32_t mj = (a & b) ^ (a & c) ^ (b & c);
-        uint32_t t2 = S0 + mj;
-        h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
-    }
+    ROUNDS16(K256, WLOAD);
+    ROUNDS16((K256 + 16), WUP);
+    ROUNDS16((K256 + 32), WUP);
+    ROUNDS16((K256 + 48), WUP);
     st[0] += a; st[1] += b; st[2] += c; st[3] += d;
     st[4] += e; st[5] += f; st[6] += g; st[7] += h;
 }
@@ -283,10 +357,31 @@ static int buf_grow(Buf *b, Py_ssize_t need) {
     return 0;
 }
 
+/* Copy 1..16 bytes with two overlapping loads and stores, within both
+   ranges: most pieces written are names and short values, where a memcpy
+   call and its size dispatch cost more than the copy. */
+static inline void copy_small(char *d, const char *s, Py_ssize_t n) {
+    if (n >= 8) {
+        uint64_t x = load8(s), y = load8(s + n - 8);
+        memcpy(d, &x, 8);
+        memcpy(d + n - 8, &y, 8);
+    } else if (n >= 4) {
+        uint32_t x = load4(s), y = load4(s + n - 4);
+        memcpy(d, &x, 4);
+        memcpy(d + n - 4, &y, 4);
+    } else {
+        char x = s[0], y = s[n / 2], z = s[n - 1];
+        d[0] = x;
+        d[n / 2] = y;
+        d[n - 1] = z;
+    }
+}
+
 static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     if (n <= 0) return 0; /* s may be NULL then (an empty decoded string) */
     if (b->cap - b->len < n && buf_grow(b, n) < 0) return -1;
-    memcpy(b->p + b->len, s, (size_t)n);
+    if (n <= 16) copy_small(b->p + b->len, s, n);
+    else memcpy(b->p + b->len, s, (size_t)n);
     b->len += n;
     return 0;
 }
@@ -295,6 +390,20 @@ static inline int buf_byte(Buf *b, char c) {
     if (b->cap - b->len < 1 && buf_grow(b, 1) < 0) return -1;
     b->p[b->len++] = c;
     return 0;
+}
+
+/* Decimal text of v, as "%lld" writes it (snprintf's format parsing was a
+   twentieth of a masked response at the confidential level). */
+static int put_int(Buf *b, long long v) {
+    char t[24];
+    int k = sizeof t;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        t[--k] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) t[--k] = '-';
+    return buf_put(b, t + k, (Py_ssize_t)sizeof t - k);
 }
 
 /* ------------------------------------------------------------------ */
@@ -326,6 +435,7 @@ static const char MARKER[] = "\"[REDACTED]\"";
 static inline void skip_ws(Ctx *c) {
     const unsigned char *s = c->s;
     Py_ssize_t i = c->i, n = c->n;
+    if (i < n && s[i] > ' ') return; /* compact JSON: nearly always */
     while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
     c->i = i;
 }
@@ -377,6 +487,29 @@ static int scan_string(Ctx *c, int *esc) {
     Py_ssize_t i = c->i + 1, n = c->n;
     int e = 0;
     for (;;) {
+#ifdef FM_SSE2
+        /* Sixteen bytes at a time, stopping exactly at the first byte that is
+           not plain ASCII: '"', '\\', or below 0x20 or at/above 0x80 (one
+           signed compare: those are the bytes below 0x20 as signed chars).
+           Most strings are short names and values that end inside the first
+           block, so finding the position (not just "somewhere") matters. */
+        {
+            const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                          space = _mm_set1_epi8(0x20);
+            while (i + 16 <= n) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+                __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                                        _mm_cmpeq_epi8(v, bslash)),
+                                           _mm_cmplt_epi8(v, space));
+                unsigned m = (unsigned)_mm_movemask_epi8(hit);
+                if (m) {
+                    i += __builtin_ctz(m);
+                    goto special;
+                }
+                i += 16;
+            }
+        }
+#endif
         /* eight plain ASCII bytes at a time: none >= 0x80, < 0x20, '"' or '\\' */
         while (i + 8 <= n) {
             uint64_t w, q, b;
@@ -392,6 +525,9 @@ static int scan_string(Ctx *c, int *esc) {
         }
         while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
         if (i >= n) return DECLINE;
+#ifdef FM_SSE2
+    special:;
+#endif
         unsigned char ch = s[i];
         if (ch == '"') break;
         if (ch < 0x20) return DECLINE;
@@ -423,6 +559,30 @@ static int scan_string(Ctx *c, int *esc) {
         }
         /* a run of non-ASCII characters (Chinese text): validate it in one go */
         do {
+#ifdef FM_SSE2
+            /* Up to five three-byte characters in one block: lead bytes E1..EF
+               but not ED (so no overlong or surrogate case arises) at
+               positions 0, 3, 6, 9, 12, each followed by two continuation
+               bytes. ok has a bit per valid character start; p is the first
+               start that is not one (15: all five are). */
+            if (i + 16 <= n) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+                unsigned lead =
+                    (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                        _mm_and_si128(v, _mm_set1_epi8((char)0xF0)), _mm_set1_epi8((char)0xE0))) &
+                    ~(unsigned)_mm_movemask_epi8(
+                        _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xE0)),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xED))));
+                unsigned cont = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                    _mm_and_si128(v, _mm_set1_epi8((char)0xC0)), _mm_set1_epi8((char)0x80)));
+                unsigned ok = lead & (cont >> 1) & (cont >> 2) & 0x1249u;
+                unsigned p = (unsigned)__builtin_ctz(~ok & 0x9249u);
+                if (p) {
+                    i += p;
+                    continue;
+                }
+            }
+#endif
             unsigned char b = s[i];
             /* three-byte sequences without the E0/ED special cases (all of CJK) */
             if (b >= 0xE1 && b != 0xED && b <= 0xEF && i + 2 < n && (s[i + 1] & 0xC0) == 0x80 &&
@@ -438,6 +598,31 @@ static int scan_string(Ctx *c, int *esc) {
     *esc = e;
     c->i = i + 1;
     return OK;
+}
+
+/* scan_string, with the common case inline: the whole string within the
+   first sixteen bytes, plain ASCII (most names and short values). */
+static FM_INLINE int scan_string_fast(Ctx *c, int *esc) {
+#ifdef FM_SSE2
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i + 1;
+    if (i + 16 <= c->n) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+        __m128i hit = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+            _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+        unsigned m = (unsigned)_mm_movemask_epi8(hit);
+        if (m) {
+            i += __builtin_ctz(m);
+            if (s[i] == '"') {
+                *esc = 0;
+                c->i = i + 1;
+                return OK;
+            }
+        }
+    }
+#endif
+    return scan_string(c, esc);
 }
 
 static int put_utf8(Buf *b, uint32_t cp) {
@@ -519,6 +704,26 @@ static int put_json_string(Buf *b, const char *s, Py_ssize_t n) {
     return buf_byte(b, '"');
 }
 
+/* End of the run of ASCII digits from i. Eight bytes at a time on
+   little-endian GCC/Clang: x ^ '0' leaves digits as 0..9; a byte is not a
+   digit when its high nibble is set or its low nibble + 6 carries into bit 4
+   (exact per byte: no carry crosses bytes), and the lowest flagged byte is
+   the first non-digit. Account numbers and amounts run to 20 digits. */
+static inline Py_ssize_t digits_end(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= n) {
+        uint64_t t = load8((const char *)s + i) ^ 0x3030303030303030ULL;
+        uint64_t bad = (t & 0xF0F0F0F0F0F0F0F0ULL) |
+                       (((t & 0x0F0F0F0F0F0F0F0FULL) + 0x0606060606060606ULL) &
+                        0x1010101010101010ULL);
+        if (bad) return i + (__builtin_ctzll(bad) >> 3);
+        i += 8;
+    }
+#endif
+    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    return i;
+}
+
 /* Scan a number token; *exact_int: an integer token that the reference
    decodes as a Python int (no fraction/exponent, not -0, within int64). */
 static int scan_number(Ctx *c, int *is_int) {
@@ -530,7 +735,7 @@ static int scan_number(Ctx *c, int *is_int) {
     if (s[i] == '0') {
         i++;
     } else if (s[i] >= '1' && s[i] <= '9') {
-        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        i = digits_end(s, i, n);
     } else {
         return DECLINE;
     }
@@ -538,7 +743,7 @@ static int scan_number(Ctx *c, int *is_int) {
         integral = 0;
         i++;
         if (i >= n || s[i] < '0' || s[i] > '9') return DECLINE;
-        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        i = digits_end(s, i, n);
     }
     if (i < n && (s[i] == 'e' || s[i] == 'E')) {
         integral = 0;
@@ -546,7 +751,7 @@ static int scan_number(Ctx *c, int *is_int) {
         i++;
         if (i < n && (s[i] == '+' || s[i] == '-')) i++;
         if (i >= n || s[i] < '0' || s[i] > '9') return DECLINE;
-        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        i = digits_end(s, i, n);
     }
     Py_ssize_t len = i - start;
     if (has_exp || len > 300) {
@@ -586,14 +791,43 @@ static int scan_number(Ctx *c, int *is_int) {
 
 static inline int is_cont(unsigned char b) { return (b & 0xC0) == 0x80; }
 
-static Py_ssize_t count_cp(const char *s, Py_ssize_t n) {
-    Py_ssize_t k = 0;
-    for (Py_ssize_t i = 0; i < n; i++) k += !is_cont((unsigned char)s[i]);
-    return k;
+/* Masks count characters, not bytes. The counts below go eight bytes at a
+   time: a continuation byte is 10xxxxxx, found in every byte of a word at
+   once with no carries between bytes; the flagged bytes (0x80 each) are
+   summed by one multiplication (at most 8, no overflow into the top byte). */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static inline Py_ssize_t count_flags(uint64_t m) { return (Py_ssize_t)(((m >> 7) * ONES) >> 56); }
+
+/* 0x80 in each byte of w equal to c, exactly (no borrow between bytes) */
+static inline uint64_t eq_bytes(uint64_t w, unsigned char c) {
+    uint64_t t = w ^ (ONES * c);
+    return ~(((t & ~HIGHS) + ~HIGHS) | t) & HIGHS;
 }
 
-/* byte offset of code point number `cp` (cp <= count) */
-static Py_ssize_t cp_offset(const char *s, Py_ssize_t n, Py_ssize_t cp) {
+/* Code points of s[0:n), and how many of them are ' ' or '-' (seps may be NULL). */
+static Py_ssize_t text_stats(const char *s, Py_ssize_t n, Py_ssize_t *seps) {
+    Py_ssize_t cont = 0, sep = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = load8(s + i);
+        cont += count_flags(w & ~(w << 1) & HIGHS);
+        if (seps != NULL) sep += count_flags(eq_bytes(w, ' ') | eq_bytes(w, '-'));
+    }
+    for (; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        cont += is_cont(ch);
+        sep += ch == ' ' || ch == '-';
+    }
+    if (seps != NULL) *seps = sep;
+    return n - cont;
+}
+
+static Py_ssize_t count_cp(const char *s, Py_ssize_t n) { return text_stats(s, n, NULL); }
+
+/* byte offset of code point number `cp` (cp <= count); cps: the count */
+static Py_ssize_t cp_offset(const char *s, Py_ssize_t n, Py_ssize_t cps, Py_ssize_t cp) {
+    if (cps == n) return cp >= 0 && cp <= n ? cp : n; /* ASCII: bytes are characters */
     Py_ssize_t k = 0, i = 0;
     for (; i < n; i++) {
         if (!is_cont((unsigned char)s[i])) {
@@ -604,32 +838,45 @@ static Py_ssize_t cp_offset(const char *s, Py_ssize_t n, Py_ssize_t cp) {
     return n;
 }
 
+/* Room for `need` more bytes, so the writes that follow need no checks. */
+static inline int buf_reserve(Buf *b, Py_ssize_t need) {
+    return (b->cap - b->len < need && buf_grow(b, need) < 0) ? -1 : 0;
+}
+
 static int put_chars(Buf *b, const Action *a, Py_ssize_t k) {
-    for (Py_ssize_t i = 0; i < k; i++)
-        if (buf_put(b, a->mchar, a->mchar_len) < 0) return -1;
+    if (k <= 0) return 0;
+    if (buf_reserve(b, k * a->mchar_len) < 0) return -1;
+    char *p = b->p + b->len;
+    if (a->mchar_len == 1) {
+        memset(p, a->mchar[0], (size_t)k);
+    } else {
+        for (Py_ssize_t i = 0; i < k; i++, p += a->mchar_len)
+            memcpy(p, a->mchar, (size_t)a->mchar_len);
+    }
+    b->len += k * a->mchar_len;
     return 0;
 }
 
-static int keep_ends(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
-                     Py_ssize_t last) {
-    Py_ssize_t cps = count_cp(s, n);
+static int keep_ends_n(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t cps,
+                       Py_ssize_t first, Py_ssize_t last) {
     if (cps <= first + last) return put_chars(b, a, cps);
-    Py_ssize_t head = cp_offset(s, n, first);
-    Py_ssize_t tail = cp_offset(s, n, cps - last);
+    Py_ssize_t head = cp_offset(s, n, cps, first);
+    Py_ssize_t tail = cp_offset(s, n, cps, cps - last);
     if (buf_put(b, s, head) < 0) return -1;
     if (put_chars(b, a, cps - first - last) < 0) return -1;
     return buf_put(b, s + tail, n - tail);
 }
 
-static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
-                         Py_ssize_t last) {
-    if (memchr(s, ' ', (size_t)n) == NULL && memchr(s, '-', (size_t)n) == NULL)
-        return keep_ends(b, a, s, n, first, last);
-    Py_ssize_t sig = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!is_cont(ch) && ch != ' ' && ch != '-') sig++;
-    }
+static int keep_ends(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
+                     Py_ssize_t last) {
+    return keep_ends_n(b, a, s, n, count_cp(s, n), first, last);
+}
+
+/* cps and seps: text_stats of s */
+static int keep_ends_sig_n(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t cps,
+                           Py_ssize_t seps, Py_ssize_t first, Py_ssize_t last) {
+    if (seps == 0) return keep_ends_n(b, a, s, n, cps, first, last);
+    Py_ssize_t sig = cps - seps;
     int all = sig <= first + last;
     Py_ssize_t k = 0, i = 0;
     while (i < n) {
@@ -646,6 +893,12 @@ static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, P
         i = j;
     }
     return 0;
+}
+
+static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, Py_ssize_t first,
+                         Py_ssize_t last) {
+    Py_ssize_t seps, cps = text_stats(s, n, &seps);
+    return keep_ends_sig_n(b, a, s, n, cps, seps, first, last);
 }
 
 /* Code points of valid UTF-8 text, with the byte offset of each (off[n] = len). */
@@ -830,13 +1083,9 @@ static int mask_text(Buf *b, const Action *a, const char *s, Py_ssize_t n) {
     case OP_MASK_SIG:
         return keep_ends_sig(b, a, s, n, a->first, a->last);
     case OP_MASK_CN_ID: {
-        Py_ssize_t last = a->last;
-        if (last < 0) {
-            Py_ssize_t sig = count_cp(s, n);
-            for (Py_ssize_t i = 0; i < n; i++) sig -= (s[i] == ' ' || s[i] == '-');
-            last = sig == 15 ? 3 : 4;
-        }
-        return keep_ends_sig(b, a, s, n, a->first < 0 ? 6 : a->first, last);
+        Py_ssize_t seps, cps = text_stats(s, n, &seps), last = a->last;
+        if (last < 0) last = cps - seps == 15 ? 3 : 4;
+        return keep_ends_sig_n(b, a, s, n, cps, seps, a->first < 0 ? 6 : a->first, last);
     }
     case OP_MASK_PHONE: {
         Py_ssize_t p = 0;
@@ -877,10 +1126,6 @@ static int mask_text(Buf *b, const Action *a, const char *s, Py_ssize_t n) {
 /* ---- values -------------------------------------------------------- */
 
 static int parse_value(Ctx *c, int ms, int allow, int emit, int rs);
-
-static inline int next_state(const Program *p, int st, const char *k, Py_ssize_t n) {
-    return st < 0 ? -1 : lookup_key(&p->states[st], k, n);
-}
 
 static inline int next_index(const Program *p, int st, int64_t j) {
     return st < 0 ? -1 : lookup_idx(&p->states[st], j);
@@ -985,9 +1230,7 @@ static int transform_scalar(Ctx *c, const Action *act, int tok, Py_ssize_t a, Py
             if (neg) v = -v;
             long long q = v / act->step;
             if (v % act->step != 0 && v < 0) q--;
-            char num[32];
-            int k = snprintf(num, sizeof num, "%lld", q * act->step);
-            return buf_put(out, num, k) < 0 ? DECLINE : OK;
+            return put_int(out, q * act->step) < 0 ? DECLINE : OK;
         }
         /* everything else as the reference does it */
     }
@@ -1024,8 +1267,18 @@ static int transform_scalar(Ctx *c, const Action *act, int tok, Py_ssize_t a, Py
     } else {
         return buf_put(out, MARKER, sizeof MARKER - 1) < 0 ? DECLINE : OK; /* mask of a bool */
     }
+    if (text != c->tmp.p && act->mchar_plain) {
+        /* Text straight from the body (no escapes in it, so no '"', '\\' or
+           control bytes) masked with a plain mask character: every mask writes
+           pieces of the text, mask characters and ASCII, so the result needs no
+           escaping and goes straight out between its quotes. */
+        if (buf_byte(out, '"') < 0 || mask_text(out, act, text, len) < 0 ||
+            buf_byte(out, '"') < 0)
+            return DECLINE;
+        return OK;
+    }
     /* masked text goes through a second buffer, then out with escaping */
-    Buf m = {NULL, 0, 0};
+    Buf m = {NULL, 0, 0, NULL};
     if (text == c->tmp.p) {
         /* text lives in tmp; mask into a fresh buffer */
         if (mask_text(&m, act, text, len) < 0) { PyMem_Free(m.p); return DECLINE; }
@@ -1041,13 +1294,13 @@ static int transform_scalar(Ctx *c, const Action *act, int tok, Py_ssize_t a, Py
 }
 
 /* Parse one scalar token at c->i: its kind and flags. */
-static int scan_scalar(Ctx *c, int *tok, int *esc, int *is_int) {
+static FM_INLINE int scan_scalar(Ctx *c, int *tok, int *esc, int *is_int) {
     const unsigned char *s = c->s;
     Py_ssize_t i = c->i, n = c->n;
     unsigned char ch = s[i];
     *esc = 0;
     *is_int = 0;
-    if (ch == '"') { *tok = '"'; return scan_string(c, esc); }
+    if (ch == '"') { *tok = '"'; return scan_string_fast(c, esc); }
     if (ch == '-' || (ch >= '0' && ch <= '9')) { *tok = 'n'; return scan_number(c, is_int); }
     if (ch == 't' && n - i >= 4 && memcmp(s + i, "true", 4) == 0) { *tok = 't'; c->i += 4; return OK; }
     if (ch == 'f' && n - i >= 5 && memcmp(s + i, "false", 5) == 0) { *tok = 'f'; c->i += 5; return OK; }
@@ -1056,7 +1309,7 @@ static int scan_scalar(Ctx *c, int *tok, int *esc, int *is_int) {
 }
 
 /* Copy a scalar token to the output, normalised as the reference writes it. */
-static int copy_scalar(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
+static FM_INLINE int copy_scalar(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
     if (tok == '"' && esc) {
         c->tmp.len = 0;
         if (unescape(&c->tmp, c->s, a + 1, b - 1) < 0) return DECLINE;
@@ -1071,9 +1324,9 @@ typedef struct {
 } KeyRef;
 
 static int check_duplicate(Ctx *c, KeyRef *keys, int nkeys, Py_ssize_t off, Py_ssize_t len) {
-    const unsigned char *s = c->s;
+    const char *s = (const char *)c->s;
     for (int k = 0; k < nkeys; k++)
-        if (keys[k].len == len && memcmp(s + keys[k].off, s + off, (size_t)len) == 0) return 1;
+        if (keys[k].len == len && key_eq(s + keys[k].off, s + off, len)) return 1;
     return 0;
 }
 
@@ -1090,14 +1343,48 @@ static void record_id(Ctx *c, int tok, Py_ssize_t a, Py_ssize_t b, int esc) {
     Py_XDECREF(v);
 }
 
+/* A scalar value at c->i (blanks skipped) in mask state ms; the contract of
+   parse_value. Inlined into the member and element loops: most values are
+   scalars, and a recursive call per value cost more than deciding it. */
+static FM_INLINE int parse_scalar(Ctx *c, int ms, int allow, int emit) {
+    const Program *p = c->prog;
+    const Action *act = NULL;
+    if (emit) {
+        int out = ms >= 0 ? p->states[ms].outcome : -1;
+        if (out >= 0) {
+            c->counts[out]++;
+            act = &p->actions[out];
+            if (act->op == OP_REVEAL) act = NULL;
+            else if (act->op == OP_DROP) emit = 0;
+        } else if (allow) {
+            c->counts[p->unlisted]++;
+            emit = 0;
+        }
+    }
+    int tok, esc, is_int;
+    Py_ssize_t a = c->i;
+    if (scan_scalar(c, &tok, &esc, &is_int) < 0) return DECLINE;
+    if (!emit) return DROPPED; /* dropped, or emit was off: the parent ignores it */
+    if (act != NULL) return transform_scalar(c, act, tok, a, c->i, esc, is_int);
+    return copy_scalar(c, tok, a, c->i, esc);
+}
+
+static int parse_container(Ctx *c, int ms, int allow, int emit, int rs);
+
 /* Value at c->i whose automaton states are ms (mask) and rs (records).
    Returns OK, DROPPED (the parent must remove the member) or DECLINE. */
 static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
-    const Program *p = c->prog;
     skip_ws(c);
     if (c->i >= c->n) return DECLINE;
     unsigned char ch = c->s[c->i];
-    int container = ch == '{' || ch == '[';
+    if (ch == '{' || ch == '[') return parse_container(c, ms, allow, emit, rs);
+    return parse_scalar(c, ms, allow, emit);
+}
+
+/* The object or array at c->i; the contract of parse_value. */
+static int parse_container(Ctx *c, int ms, int allow, int emit, int rs) {
+    const Program *p = c->prog;
+    unsigned char ch = c->s[c->i];
     const Action *act = NULL;
     int descend = 0; /* walk inside with ms */
     if (emit) {
@@ -1108,12 +1395,7 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
             if (act->op == OP_REVEAL) {
                 act = NULL;
                 allow = 0;
-                descend = container && p->states[ms].live;
-            }
-        } else if (!container) {
-            if (allow) {
-                c->counts[p->unlisted]++;
-                emit = 0;
+                descend = p->states[ms].live;
             }
         } else if (ms >= 0 && p->states[ms].live) {
             descend = 1;
@@ -1127,20 +1409,12 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
         if (act->op == OP_DROP) {
             emit = 0;
             dropped = 1;
-        } else if (container) {
+        } else {
             /* structures cannot be masked: the marker, and nothing inside */
             if (buf_put(&c->out, MARKER, sizeof MARKER - 1) < 0) return DECLINE;
             emit = 0;
             dropped = 0;
         }
-    }
-    if (!container) {
-        int tok, esc, is_int;
-        Py_ssize_t a = c->i;
-        if (scan_scalar(c, &tok, &esc, &is_int) < 0) return DECLINE;
-        if (!emit) return dropped ? DROPPED : OK;
-        if (act != NULL) return transform_scalar(c, act, tok, a, c->i, esc, is_int);
-        return copy_scalar(c, tok, a, c->i, esc);
     }
     if (!descend) ms = -1;
     if (++c->depth > c->max_depth) return DECLINE;
@@ -1155,7 +1429,7 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
         KeyRef small[32];
         KeyRef *keys = small;
         int nkeys = 0, cap = 32;
-        uint64_t seen = 0;
+        uint64_t seen[2] = {0, 0}; /* names so far, by hash bit */
         int rc = OK;
         if (c->i < c->n && c->s[c->i] == '}') {
             c->i++;
@@ -1165,15 +1439,18 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
                 if (c->i >= c->n || c->s[c->i] != '"') { rc = DECLINE; break; }
                 int esc;
                 Py_ssize_t ka = c->i;
-                if (scan_string(c, &esc) < 0 || esc) { rc = DECLINE; break; }
+                if (scan_string_fast(c, &esc) < 0 || esc) { rc = DECLINE; break; }
                 Py_ssize_t kend = c->i, koff = ka + 1, klen = c->i - ka - 2;
-                /* duplicate names: a 64-bit filter first, the exact check on a hit */
-                uint64_t bit = 1ULL << ((klen * 31 + (klen ? c->s[koff] * 7 + c->s[koff + klen - 1] : 0)) & 63);
-                if ((seen & bit) && check_duplicate(c, keys, nkeys, koff, klen)) {
+                const char *k = (const char *)c->s + koff;
+                /* one hash for both automata and the duplicate filter (128
+                   bits); the exact check only on a filter hit */
+                uint32_t h = key_hash(k, klen);
+                uint64_t bit = 1ULL << (h & 63);
+                if ((seen[(h >> 6) & 1] & bit) && check_duplicate(c, keys, nkeys, koff, klen)) {
                     rc = DECLINE;
                     break;
                 }
-                seen |= bit;
+                seen[(h >> 6) & 1] |= bit;
                 if (nkeys == cap) {
                     KeyRef *nk = PyMem_Malloc(sizeof(KeyRef) * (size_t)cap * 2);
                     if (nk == NULL) { rc = DECLINE; break; }
@@ -1190,20 +1467,28 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
                 c->i++;
                 Py_ssize_t save = c->out.len;
                 if (emit) {
-                    if ((kept && buf_byte(&c->out, ',') < 0) ||
-                        buf_put(&c->out, (const char *)c->s + ka, kend - ka) < 0 ||
-                        buf_byte(&c->out, ':') < 0) { rc = DECLINE; break; }
+                    /* [,]"name": in one go */
+                    Py_ssize_t kl = kend - ka;
+                    if (buf_reserve(&c->out, kl + 2) < 0) { rc = DECLINE; break; }
+                    char *d = c->out.p + c->out.len;
+                    if (kept) *d++ = ',';
+                    if (kl <= 16) copy_small(d, (const char *)c->s + ka, kl);
+                    else memcpy(d, c->s + ka, (size_t)kl);
+                    d[kl] = ':';
+                    c->out.len = d + kl + 1 - c->out.p;
                 }
-                const char *k = (const char *)c->s + koff;
-                int cms = next_state(p, ms, k, klen);
-                int crs = r != NULL ? next_state(r, rs, k, klen) : -1;
-                int is_id = is_record && klen == c->id_len && memcmp(k, c->id_key, (size_t)klen) == 0;
-                Py_ssize_t va = 0;
-                if (is_id) { skip_ws(c); va = c->i; }
-                int v = parse_value(c, cms, allow, emit, crs);
+                int cms = ms < 0 ? -1 : lookup_key_h(&p->states[ms], k, klen, h);
+                int crs = rs < 0 ? -1 : lookup_key_h(&r->states[rs], k, klen, h);
+                int is_id = is_record && klen == c->id_len && key_eq(k, c->id_key, klen);
+                skip_ws(c);
+                if (c->i >= c->n) { rc = DECLINE; break; }
+                Py_ssize_t va = c->i;
+                unsigned char vc = c->s[va];
+                int v = vc == '{' || vc == '[' ? parse_container(c, cms, allow, emit, crs)
+                                               : parse_scalar(c, cms, allow, emit);
                 if (v == DECLINE) { rc = DECLINE; break; }
-                if (is_id && c->s[va] != '{' && c->s[va] != '[') {
-                    int tok, esc2, is_int;
+                if (is_id && vc != '{' && vc != '[') {
+                    int tok = 0, esc2 = 0, is_int;
                     Ctx probe = *c;
                     probe.i = va;
                     scan_scalar(&probe, &tok, &esc2, &is_int);
@@ -1235,7 +1520,11 @@ static int parse_value(Ctx *c, int ms, int allow, int emit, int rs) {
                 if (emit && kept && buf_byte(&c->out, ',') < 0) return DECLINE;
                 int cms = next_index(p, ms, j);
                 int crs = r != NULL ? next_index(r, rs, j) : -1;
-                int v = parse_value(c, cms, allow, emit, crs);
+                skip_ws(c);
+                if (c->i >= c->n) return DECLINE;
+                unsigned char vc = c->s[c->i];
+                int v = vc == '{' || vc == '[' ? parse_container(c, cms, allow, emit, crs)
+                                               : parse_scalar(c, cms, allow, emit);
                 if (v == DECLINE) return DECLINE;
                 in++;
                 j++;
@@ -1328,6 +1617,9 @@ static int parse_action(PyObject *t, Action *a, PyObject *refs) {
     }
     memcpy(a->mchar, ch, (size_t)n);
     a->mchar_len = (int)n;
+    a->mchar_plain = 1;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if ((unsigned char)ch[k] < 0x20 || ch[k] == '"' || ch[k] == '\\') a->mchar_plain = 0;
     if (op == OP_HASH) {
         for (int w = 0; w < 2; w++) {
             PyObject *pad = PyTuple_GET_ITEM(t, 4 + w);
@@ -1437,7 +1729,7 @@ static PyObject *fm_compile(PyObject *mod, PyObject *args) {
                 }
                 Py_ssize_t len = PyBytes_GET_SIZE(k);
                 memcpy(kb, PyBytes_AS_STRING(k), (size_t)len);
-                uint32_t h = fnv(kb, len);
+                uint32_t h = key_hash(kb, len);
                 uint32_t j = h & st->kmask;
                 while (st->ktab[j].key != NULL) j = (j + 1) & st->kmask;
                 st->ktab[j].key = kb;

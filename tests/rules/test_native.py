@@ -304,3 +304,154 @@ def test_random_damage(tmp_path_factory: Any, policy: str, doc: Any, level: str,
         cut = rng.randint(0, 2)
         body[where : where + cut] = what
     agree(plan, bytes(body))
+
+
+# -- the vectorised scans: block boundaries, every position -------------------------------------
+# gateway/_fastmask.c scans strings sixteen bytes at a time, validates runs of
+# three-byte characters five at a time, scans digits eight at a time and
+# hashes names from two words. Each case below is placed at every offset
+# across two blocks, so every lane and both block edges see it.
+SCAN_POLICY = policy_yaml(
+    '  - {name: b, paths: ["$..b"], level: secret, action: redact}\n'
+    '  - {name: m, paths: ["$..m"], level: secret, action: {mask: {keep_first: 2, keep_last: 3}}}\n'
+    '  - {name: q, paths: ["$..q"], level: secret, action: {mask: {keep_first: 1, char: "\\""}}}\n'
+    '  - {name: r, paths: ["$..r"], level: secret, action: {mask: {keep_last: 1, char: "\\\\"}}}\n'
+    '  - {name: h, paths: ["$..long_member_name_x"], level: secret, action: hash}\n'
+    '  - {name: d, paths: ["$..abcdefgh", "$..abcd", "$..abc"], level: secret, action: drop}\n'
+)
+CJK = "客户信息保护规范身份证号码银行账户"  # three-byte characters only
+
+
+@pytest.fixture(scope="module")
+def scan_plan(tmp_path_factory: Any) -> Plan:
+    d = tmp_path_factory.mktemp("rules")
+    (d / "levels.yaml").write_text(LEVELS, encoding="utf-8")
+    (d / "p.yaml").write_text(SCAN_POLICY, encoding="utf-8")
+    return plan_of(load_rules(d, hash_key=KEY), "public")
+
+
+def _doc(text: bytes) -> bytes:
+    """The same string token as a kept value, masked values and a member name."""
+    fields = [b"k", b"m", b"q", b"r", b"long_member_name_x"]
+    name = b',"%s":1' % text if b"\\" not in text else b""  # escaped names: declined
+    return b"{" + b",".join(b'"%s":"%s"' % (f, text) for f in fields) + name + b"}"
+
+
+@pytest.mark.parametrize(
+    "piece",
+    ["a", "é", "中", "😀", "\U0010ffff", "\\n", "\\u00e9", '\\"', "\\\\", "\\ud83d\\ude00", "\\/"],
+)
+def test_string_pieces_at_every_offset(scan_plan: Plan, piece: str) -> None:
+    for pad in range(0, 40):
+        for body_text in ("x" * pad + piece, CJK[: pad % 17] + "x" * (pad // 3) + piece + CJK):
+            agree(scan_plan, _doc(body_text.encode()), must_answer=True)
+
+
+@pytest.mark.parametrize("length", range(0, 50))
+def test_long_non_ascii_strings(scan_plan: Plan, length: int) -> None:
+    for text in (
+        (CJK * 3)[:length],
+        "a" + (CJK * 3)[:length],
+        "ab" + (CJK * 3)[:length] + "c",
+        ("中a" * 30)[:length],
+        ("é中😀" * 20)[:length],
+        ("\U00010000" + CJK)[: length % 18],
+    ):
+        agree(scan_plan, _doc(text.encode()), must_answer=True)
+
+
+BAD_UTF8 = [
+    b"\xff",
+    b"\x80",  # a lone continuation byte
+    b"\xc0\xaf",  # overlong
+    b"\xc1\xbf",
+    b"\xe0\x80\xaf",  # overlong three-byte
+    b"\xe0\x9f\xbf",
+    b"\xed\xa0\x80",  # a surrogate encoded in UTF-8
+    b"\xed\xbf\xbf",
+    b"\xf0\x80\x80\xaf",  # overlong four-byte
+    b"\xf4\x90\x80\x80",  # above U+10FFFF
+    b"\xf5\x80\x80\x80",
+    b"\xe4\xb8",  # truncated
+    b"\xe4\x41\x80",
+    b"\xe4\xb8\x41",
+    b"\xf0\x9f\x98",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_UTF8)
+def test_invalid_utf8_at_every_position(scan_plan: Plan, bad: bytes) -> None:
+    for base in ("x" * 48, CJK * 3, "x中" * 16):
+        raw = base.encode()
+        for pos in range(0, 48):
+            # the damage at byte pos, splitting a character where it falls
+            body = _doc(raw[:pos] + bad + raw[pos:])
+            assert scan_plan.mask_bytes(body) is None
+            agree(scan_plan, body)
+
+
+def test_control_characters_at_every_position(scan_plan: Plan) -> None:
+    for ctl in [0, 1, 9, 10, 13, 31, 127]:
+        for base in ("x" * 40, CJK * 2):
+            raw = base.encode()
+            for pos in range(0, 40):
+                body = _doc(raw[:pos] + bytes([ctl]) + raw[pos:])
+                if ctl == 127:  # DEL is a plain character in JSON
+                    agree(scan_plan, body, must_answer=True)
+                else:
+                    assert scan_plan.mask_bytes(body) is None
+                    agree(scan_plan, body)
+
+
+@pytest.mark.parametrize("bad", [b"\\x", b"\\u12", b"\\u12g4", b"\\udc00", b"\\ud800x", b"\\"])
+def test_bad_escapes_at_every_position(scan_plan: Plan, bad: bytes) -> None:
+    for pos in range(0, 36):
+        body = _doc(b"y" * pos + bad + b"z")
+        assert scan_plan.mask_bytes(body) is None
+        agree(scan_plan, body)
+
+
+def test_truncated_bodies(scan_plan: Plan) -> None:
+    full = (
+        _doc(("ab" + CJK + "\\n😀" + "x" * 20).encode())[:-1] + b',"n":[123456789012345678,1.5e3]}'
+    )
+    agree(scan_plan, full, must_answer=True)
+    for end in range(len(full)):
+        assert scan_plan.mask_bytes(full[:end]) is None
+        agree(scan_plan, full[:end])
+
+
+@pytest.mark.parametrize("digits", range(1, 26))
+def test_numbers_of_every_length(scan_plan: Plan, digits: int) -> None:
+    n = "9876543210" * 3
+    for text in (
+        n[:digits],
+        "-" + n[:digits],
+        n[:digits] + ".5",
+        "1." + n[:digits],
+        n[:digits] + "e-5",
+    ):
+        tail = text.encode()
+        agree(
+            scan_plan, b'{"b":' + tail + b',"m":' + tail + b',"k":' + tail + b"}", must_answer=True
+        )
+        agree(scan_plan, b"[" + tail + b"]", must_answer=True)
+        for cut in (b"[" + tail, b'{"k":' + tail + b"x}", b"[" + tail + b"/]"):
+            agree(scan_plan, cut)
+
+
+def test_names_near_the_rules_names(scan_plan: Plan) -> None:
+    """Names sharing prefixes, suffixes and lengths with the rules' names, and duplicates."""
+    names = ["abc", "abcd", "abcdefgh", "long_member_name_x", "b", "m", "q", "r"]
+    near = set()
+    for name in names:
+        near |= {name[:-1], name + "x", "x" + name, name[1:], name.upper()}
+        near |= {name[:i] + "_" + name[i + 1 :] for i in range(len(name))}
+    for extra in sorted(near - set(names)):
+        doc = {extra: "v", **{name: "0123456789" for name in names}}
+        agree(scan_plan, orjson.dumps(doc), must_answer=True)
+        dup = b'{"%s":1,"k":2,"%s":3}' % (extra.encode(), extra.encode())
+        assert scan_plan.mask_bytes(dup) is None
+    many = {f"k{i}": i for i in range(200)}  # beyond the duplicate filter's bits
+    agree(scan_plan, orjson.dumps(many), must_answer=True)
+    assert scan_plan.mask_bytes(orjson.dumps(many)[:-1] + b',"k150":1}') is None
