@@ -188,16 +188,10 @@ class MemoryBackend:
         return self._keyer.buckets(quotas, parts)
 
     def _open(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None,
-        buckets: Sequence[Bucket] | None,
-    ) -> tuple[Sequence[Bucket], list[Window], list[int]]:
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None
+    ) -> tuple[list[Window], list[int]]:
         ms = self._ms(now)
         self._sweep(ms)
-        if buckets is None:
-            buckets = self._keyer.buckets(quotas, parts)
         wins: list[Window] = []
         times: list[int] = []
         # One pass per quota: a call's buckets are distinct, so each window is found,
@@ -206,17 +200,12 @@ class MemoryBackend:
             win, t = self._window(b, q, ms)
             wins.append(win)
             times.append(t)
-        return buckets, wins, times
+        return wins, times
 
     async def precheck(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision:
-        buckets, wins, times = self._open(quotas, parts, now, buckets)
+        wins, times = self._open(quotas, buckets, now)
         obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
         blocked = False
         for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
@@ -247,31 +236,22 @@ class MemoryBackend:
         return decision
 
     def held(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision | None:
         if not quotas or not self._holds:
             return None
-        if buckets is None:
-            buckets = self._keyer.buckets(quotas, parts)
         return self._holds.check(quotas, buckets, self._seconds(now))
 
     async def account(
         self,
         quotas: Sequence[Quota],
-        parts: KeyParts,
+        buckets: Sequence[Bucket],
         records: int,
         ids: Sequence[str],
         now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         digests = self._keyer.ids(ids)
-        buckets, wins, times = self._open(quotas, parts, now, buckets)
+        wins, times = self._open(quotas, buckets, now)
         obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
         fresh: list[list[bytes]] = []
         blocked = False
