@@ -227,10 +227,10 @@ class Keyer:
 
     def ids(self, ids: Sequence[str]) -> list[bytes]:
         """Digests of customer ids, duplicates removed, order kept."""
-        base = self._id
+        copy = self._id.copy
         out: dict[bytes, None] = {}
         for i in ids:
-            h = base.copy()
+            h = copy()
             h.update(i.encode("utf-8", "surrogatepass"))
             out[h.digest()] = None
         return list(out)

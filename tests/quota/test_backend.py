@@ -58,6 +58,25 @@ async def test_distinct_across_single_record_responses(backend: QuotaBackend) ->
     assert d.allowed
 
 
+async def test_new_ids_are_counted_alike_far_from_and_near_max_distinct(
+    backend: QuotaBackend,
+) -> None:
+    # Far from the max the memory backend counts new ids as it adds them; near it,
+    # it looks them up first. Both must give the same usage and crossings.
+    for top in (100, 3):
+        qs = (quota(f"d{top}", alert_distinct=3, max_distinct=top),)
+        alice = backend.buckets(qs, ALICE)
+        d = await backend.account(qs, alice, 2, ["a", "b"], now=0)
+        assert d.usage[f"d{top}"].used_distinct == 2
+        d = await backend.account(qs, alice, 2, ["b", "c"], now=1)  # one new
+        assert d.allowed and d.usage[f"d{top}"].used_distinct == 3
+        assert d.usage[f"d{top}"].crossed == ("distinct",)
+        d = await backend.account(qs, alice, 2, ["c", "a"], now=2)  # none new
+        assert d.allowed and d.usage[f"d{top}"].used_distinct == 3
+        assert d.usage[f"d{top}"].crossed == ()
+        assert dict(d.usage[f"d{top}"].reset) == {"distinct": 59}  # b is now the oldest
+
+
 async def test_duplicate_ids_in_one_response_count_once(backend: QuotaBackend) -> None:
     qs = (quota(max_distinct=2),)
     d = await backend.account(qs, backend.buckets(qs, ALICE), 3, ["a", "a", "b"], now=0)
