@@ -136,6 +136,10 @@ class Window:
         return Observation(used, {}, reset, {}, {})
 
 
+# One quota of a call: the quota, its window, the window's time, what the call saw.
+_Step = tuple[Quota, Window, int, Observation]
+
+
 class MemoryBackend:
     """Quota state in this process's memory (``state:`` absent)."""
 
@@ -170,16 +174,22 @@ class MemoryBackend:
 
     def _open(
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], ms: int
-    ) -> tuple[list[Window], list[int]]:
-        """Each bucket's window (made, or moved to the recent end), pruned at ``ms``;
-        and each window's own time (never behind its last call)."""
+    ) -> list[tuple[Quota, Window, int]]:
+        """Each quota with its bucket's window (made, or moved to the recent end), pruned
+        at ``ms``, and the window's own time (never behind its last call).
+
+        The calls walk this one list, not several zipped together: zip(strict=True)
+        parses its keyword on every call, a cost paid several times a request.
+        """
+        if len(buckets) != len(quotas):
+            raise ValueError("one bucket per quota")
         self._sweep(ms)
         windows, spans = self._windows, self._spans
-        wins: list[Window] = []
-        times: list[int] = []
+        opened: list[tuple[Quota, Window, int]] = []
         # One pass per quota: a call's buckets are distinct, so each window is found,
         # clocked and pruned independently of the others.
-        for b, q in zip(buckets, quotas, strict=True):
+        for i, q in enumerate(quotas):
+            b = buckets[i]
             key = (b.tag, b.name)
             w = q.window_ms
             win = windows.get(key)
@@ -193,41 +203,42 @@ class MemoryBackend:
                     spans[key] = w
             t = win.clock(ms)
             win.prune(t, w)
-            wins.append(win)
-            times.append(t)
-        return wins, times
+            opened.append((q, win, t))
+        return opened
 
     async def precheck(
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision:
         sec = self._seconds(now)
-        wins, times = self._open(quotas, buckets, to_ms(sec))
-        obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
+        steps: list[_Step] = []
+        obs: list[Observation] = []
         blocked = False
-        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+        for q, win, t in self._open(quotas, buckets, to_ms(sec)):
+            o = win.observe(q, t)
             o.retry_ms = win.waits(q, t)
             blocked = blocked or bool(o.retry_ms)
+            steps.append((q, win, t, o))
+            obs.append(o)
         if not blocked:
-            for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+            for q, win, t, o in steps:
                 if q.tracks[2]:
                     win.requests.append(t)
                     o.added["requests"] = 1
                     o.used["requests"] += 1
                     o.reset_ms.setdefault("requests", q.window_ms)
-        return self._learn(quotas, buckets, wins, times, obs, sec)
+        return self._learn(quotas, buckets, steps, obs, sec)
 
     def _learn(
         self,
         quotas: Sequence[Quota],
         buckets: Sequence[Bucket],
-        wins: list[Window],
-        times: list[int],
+        steps: list[_Step],
         obs: list[Observation],
         sec: float,
     ) -> Decision:
         """Holds and decision of a call made at ``sec`` (the clock read its windows were
         opened at, so a hold counts from the same instant as the wait it carries)."""
-        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+        for q, win, t, o in steps:
             o.hold_ms = win.waits(q, t)
         decision = decide(quotas, buckets, obs)
         self._holds.learn(quotas, buckets, decision, sec)
@@ -251,11 +262,12 @@ class MemoryBackend:
         digests = self._keyer.ids(ids)
         n_ids = len(digests)
         sec = self._seconds(now)
-        wins, times = self._open(quotas, buckets, to_ms(sec))
+        steps: list[_Step] = []
         obs: list[Observation] = []
         blocked = False
-        for q, win, t in zip(quotas, wins, times, strict=True):
+        for q, win, t in self._open(quotas, buckets, to_ms(sec)):
             o = win.observe(q, t)
+            steps.append((q, win, t, o))
             obs.append(o)
             w = q.window_ms
             lim = q.limits
@@ -281,7 +293,7 @@ class MemoryBackend:
                         o.retry_ms["distinct"] = win.ids_free_at(k, w, set(digests)) - t
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
-            for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+            for q, win, t, o in steps:
                 tr, td, _ = q.tracks
                 w = q.window_ms
                 if tr and records > 0:
@@ -301,7 +313,7 @@ class MemoryBackend:
                     o.added["distinct"] = new
                     o.used["distinct"] += new
                     o.reset_ms["distinct"] = next(iter(known.values())) + w - t
-        return self._learn(quotas, buckets, wins, times, obs, sec)
+        return self._learn(quotas, buckets, steps, obs, sec)
 
     async def ping(self) -> None:
         return None

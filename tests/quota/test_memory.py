@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.quota import KeyParts, MemoryBackend
 from gateway.rules.model import Quota
 
@@ -33,3 +35,12 @@ async def test_a_clock_step_back_is_clamped() -> None:
     assert d.usage["bulk"].used_records == 2
     d = await b.precheck((Q,), caller, now=110)
     assert d.usage["bulk"].used_records == 0
+
+
+async def test_a_call_wants_one_bucket_per_quota() -> None:
+    b = MemoryBackend()
+    caller = b.buckets((Q,), KeyParts("u", "10.0.0.1", "r"))
+    with pytest.raises(ValueError):
+        await b.account((Q, Q), caller, 1, ["a"], now=0)
+    with pytest.raises(ValueError):
+        await b.precheck((Q,), caller * 2, now=0)
