@@ -174,9 +174,10 @@ class MemoryBackend:
 
     def _open(
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], ms: int
-    ) -> list[tuple[Quota, Window, int]]:
+    ) -> tuple[list[_Step], list[Observation]]:
         """Each quota with its bucket's window (made, or moved to the recent end), pruned
-        at ``ms``, and the window's own time (never behind its last call).
+        at ``ms``, the window's own time (never behind its last call) and what it holds
+        (``Window.observe``); and those observations alone, for ``decide``.
 
         The calls walk this one list, not several zipped together: zip(strict=True)
         parses its keyword on every call, a cost paid several times a request.
@@ -185,7 +186,8 @@ class MemoryBackend:
             raise ValueError("one bucket per quota")
         self._sweep(ms)
         windows, spans = self._windows, self._spans
-        opened: list[tuple[Quota, Window, int]] = []
+        steps: list[_Step] = []
+        obs: list[Observation] = []
         # One pass per quota: a call's buckets are distinct, so each window is found,
         # clocked and pruned independently of the others.
         for i, q in enumerate(quotas):
@@ -203,22 +205,20 @@ class MemoryBackend:
                     spans[key] = w
             t = win.clock(ms)
             win.prune(t, w)
-            opened.append((q, win, t))
-        return opened
+            o = win.observe(q, t)
+            steps.append((q, win, t, o))
+            obs.append(o)
+        return steps, obs
 
     async def precheck(
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision:
         sec = self._seconds(now)
-        steps: list[_Step] = []
-        obs: list[Observation] = []
+        steps, obs = self._open(quotas, buckets, to_ms(sec))
         blocked = False
-        for q, win, t in self._open(quotas, buckets, to_ms(sec)):
-            o = win.observe(q, t)
+        for q, win, t, o in steps:
             o.retry_ms = win.waits(q, t)
             blocked = blocked or bool(o.retry_ms)
-            steps.append((q, win, t, o))
-            obs.append(o)
         if not blocked:
             for q, win, t, o in steps:
                 if q.tracks[2]:
@@ -262,13 +262,9 @@ class MemoryBackend:
         digests = self._keyer.ids(ids)
         n_ids = len(digests)
         sec = self._seconds(now)
-        steps: list[_Step] = []
-        obs: list[Observation] = []
+        steps, obs = self._open(quotas, buckets, to_ms(sec))
         blocked = False
-        for q, win, t in self._open(quotas, buckets, to_ms(sec)):
-            o = win.observe(q, t)
-            steps.append((q, win, t, o))
-            obs.append(o)
+        for q, win, t, o in steps:
             w = q.window_ms
             lim = q.limits
             if "records" in lim and win.records + records > lim["records"]:
