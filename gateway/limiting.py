@@ -85,14 +85,14 @@ def _parts(ex: Exchange) -> KeyParts:
     return KeyParts(subject, ex.client_ip, ex.route.name)
 
 
-def _buckets(ex: Exchange, quotas: tuple[Quota, ...], parts: KeyParts) -> tuple[Bucket, ...]:
+def _buckets(ex: Exchange, quotas: tuple[Quota, ...]) -> tuple[Bucket, ...]:
     """The caller's buckets, computed on first use and kept on the exchange: digesting
     the subject is the dearest part of keying, and a request calls the store up to
     twice (more when a streamed response is accounted part by part). The exchange
     pins its runtime, so its quotas, and these buckets, hold for the whole request."""
     buckets = ex.quota_buckets
     if buckets is None:
-        buckets = ex.quota_buckets = ex.runtime.state.buckets(quotas, parts)
+        buckets = ex.quota_buckets = ex.runtime.state.buckets(quotas, _parts(ex))
     return buckets
 
 
@@ -153,16 +153,15 @@ async def limit(ex: Exchange, call_next: Handler) -> web.StreamResponse:
     if not quotas:
         return await call_next(ex)
     state = ex.runtime.state
-    parts = _parts(ex)
-    buckets = _buckets(ex, quotas, parts)
-    held = state.held(quotas, parts, buckets=buckets)
+    buckets = _buckets(ex, quotas)
+    held = state.held(quotas, buckets)
     if held is not None:
         _record(ex, held)
         return _blocked(ex, held)
     if not _must_precheck(ex):
         return await call_next(ex)
     try:
-        decision = await state.precheck(quotas, parts, buckets=buckets)
+        decision = await state.precheck(quotas, buckets)
     except StateUnavailable:
         refusal = _unavailable(ex)
         return refusal if refusal is not None else await call_next(ex)
@@ -187,10 +186,9 @@ async def account(ex: Exchange, records: int, ids: Sequence[str]) -> web.Respons
     quotas = route.rules.quotas
     if records == 0 and not ids and (ex.quota or ex.state_failed):
         return None
-    parts = _parts(ex)
-    buckets = _buckets(ex, quotas, parts)
+    buckets = _buckets(ex, quotas)
     try:
-        decision = await ex.runtime.state.account(quotas, parts, records, ids, buckets=buckets)
+        decision = await ex.runtime.state.account(quotas, buckets, records, ids)
     except StateUnavailable:
         return _unavailable(ex)
     _record(ex, decision)

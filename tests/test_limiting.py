@@ -199,7 +199,7 @@ async def test_a_request_keys_its_buckets_once_for_every_call_to_the_store(
 
         def call(*args: Any, **kwargs: Any) -> Any:
             got = real(*args, **kwargs)
-            calls.append((name, got if name == "buckets" else kwargs["buckets"]))
+            calls.append((name, got if name == "buckets" else args[1]))
             return got
 
         setattr(state, name, call)
@@ -395,8 +395,8 @@ async def test_a_block_this_process_has_not_seen(
     try:
         quota = Quota("bulk-read", "subject", 3600, {}, {"records": 3})
         for who in ("alice", "carol"):
-            parts = KeyParts(who, "127.0.0.1", "c")
-            assert (await other.account((quota,), parts, 3, ["7", "8", "9"])).allowed
+            caller = other.buckets((quota,), KeyParts(who, "127.0.0.1", "c"))
+            assert (await other.account((quota,), caller, 3, ["7", "8", "9"])).allowed
         async with aiohttp.ClientSession(headers=bearer("carol")) as s:
             # A method that may change something upstream is checked in the store first.
             assert await get_status(s, f"{base}/c/1", "POST") == 429

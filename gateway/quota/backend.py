@@ -4,12 +4,12 @@ Backends hold the windows; ``gateway.quota.engine`` says what they mean. All
 backends give the same decisions for the same sequence of calls, and the same
 holds (one test suite runs against each): ``held`` answers from what the
 process learnt from its calls (and, with Redis, from other processes'
-announcements) without I/O. ``buckets`` gives a caller's buckets (keyed
-digests, no I/O); the request path computes them once and passes them to each
-call as ``buckets=`` (they must be the ones ``parts`` gives; without them a
-call computes its own). ``now`` is seconds; ``None`` means the backend's own
-clock (the Redis server's clock for Redis, so gateway hosts with skewed clocks
-agree; a monotonic clock in memory). Tests pass explicit times.
+announcements) without I/O. ``buckets`` is the one keying entry point: it gives
+a caller's buckets (keyed digests, no I/O), once per request, and every other
+call takes them (one per quota, in the quotas' order). ``now`` is seconds;
+``None`` means the backend's own clock (the Redis server's clock for Redis, so
+gateway hosts with skewed clocks agree; a monotonic clock in memory). Tests
+pass explicit times.
 """
 
 from __future__ import annotations
@@ -36,24 +36,14 @@ class QuotaBackend(Protocol):
         ...
 
     def held(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision | None:
         """A refusal from what this process already knows (``gateway.quota.holds``), no I/O:
         None unless some quota is known to block a pre-check at ``now``."""
         ...
 
     async def precheck(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision:
         """Block a caller already at a limit; otherwise count the request."""
         ...
@@ -61,12 +51,10 @@ class QuotaBackend(Protocol):
     async def account(
         self,
         quotas: Sequence[Quota],
-        parts: KeyParts,
+        buckets: Sequence[Bucket],
         records: int,
         ids: Sequence[str],
         now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         """Refuse a response that would exceed a limit; otherwise count it."""
         ...

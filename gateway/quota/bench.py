@@ -26,7 +26,11 @@ QUOTA = Quota("bench", "subject", 3600, {"records": 10**8}, {"records": 10**9, "
 
 
 async def _rate(backend: QuotaBackend, calls: int, concurrency: int) -> float:
-    callers = [KeyParts(f"user-{i}", "10.0.0.1", "customers") for i in range(100)]
+    # Keyed once per caller, as the request path keys once per request.
+    callers = [
+        backend.buckets((QUOTA,), KeyParts(f"user-{i}", "10.0.0.1", "customers"))
+        for i in range(100)
+    ]
     counter = iter(range(calls))
 
     async def worker() -> None:

@@ -227,10 +227,10 @@ class Keyer:
 
     def ids(self, ids: Sequence[str]) -> list[bytes]:
         """Digests of customer ids, duplicates removed, order kept."""
-        base = self._id
+        copy = self._id.copy
         out: dict[bytes, None] = {}
         for i in ids:
-            h = base.copy()
+            h = copy()
             h.update(i.encode("utf-8", "surrogatepass"))
             out[h.digest()] = None
         return list(out)
@@ -310,20 +310,27 @@ def seconds(ms: int) -> int:
 def decide(
     quotas: Sequence[Quota], buckets: Sequence[Bucket], obs: Sequence[Observation]
 ) -> Decision:
-    """Fold per-quota observations into one decision (the same for every backend)."""
+    """Fold per-quota observations into one decision (the same for every backend).
+
+    The usage takes the observations' ``used`` and ``hold_ms`` dicts as they are, not
+    copies: the observations are the call's own and are not touched after this.
+    """
+    # Indexed, not zip(strict=True): that parses its keyword on every call.
+    if not len(quotas) == len(buckets) == len(obs):
+        raise ValueError("one bucket and one observation per quota")
     usage: dict[str, QuotaUsage] = {}
     worst: tuple[int, str, str] | None = None
-    for q, b, o in zip(quotas, buckets, obs, strict=True):
+    for i, q in enumerate(quotas):
+        o = obs[i]
         alert: tuple[str, ...] = ()
         crossed: tuple[str, ...] = ()
-        if q.alerts:
+        if q.alert_order:
             # Walked in METRICS order, the order alerts are reported in.
             reached: list[str] = []
             new: list[str] = []
-            for m in METRICS:
-                threshold = q.alerts.get(m)
+            for m, threshold in q.alert_order:
                 used = o.used.get(m)
-                if threshold is not None and used is not None and used >= threshold:
+                if used is not None and used >= threshold:
                     reached.append(m)
                     if used - o.added.get(m, 0) < threshold:
                         new.append(m)
@@ -332,12 +339,13 @@ def decide(
             q.name,
             q.window,
             q.limits,
-            dict(o.used),
+            o.used,
             alert,
             crossed,
-            {m: (seconds(ms) if ms > 0 else 0) for m, ms in o.reset_ms.items()},
-            b.shared,
-            dict(o.hold_ms),
+            # seconds(ms) for ms > 0, in integers (ms is a whole number of milliseconds).
+            {m: ((ms + 999) // 1000 if ms > 0 else 0) for m, ms in o.reset_ms.items()},
+            buckets[i].shared,
+            o.hold_ms,
         )
         if o.retry_ms:
             for m in METRICS:
@@ -350,12 +358,20 @@ def decide(
     return Decision(False, usage, worst[1], worst[2], seconds(worst[0]))
 
 
-@functools.lru_cache(maxsize=1024)
 def _sf_string(text: str) -> str:
-    # RFC 8941 sf-string: printable ASCII only, with " and \ escaped. Cached: the text
-    # is a quota name, one of a few, and this runs for every response.
+    # RFC 8941 sf-string: printable ASCII only, with " and \ escaped.
     clean = "".join(c if " " <= c <= "~" else "_" for c in text)
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy(name: str, limit: int, window: int, metric: str) -> tuple[str, str]:
+    """``RateLimit-Policy`` and the head of ``RateLimit`` (up to ``r=``) for one limit.
+    Cached: they depend on the rules only (a few quotas), and a header goes out with
+    every response."""
+    sf = _sf_string(name)
+    unit = f';qu="{_UNITS[metric]}"' if metric in _UNITS else ""
+    return f"{sf};q={limit};w={window}{unit}", f"{sf};r="
 
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
@@ -384,7 +400,9 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
                 limit = u.limits.get(m)
                 if limit is None:
                     continue
-                remaining = max(0, limit - u.used.get(m, 0))
+                remaining = limit - u.used.get(m, 0)
+                if remaining < 0:
+                    remaining = 0
                 rank = (remaining / limit, remaining)
                 if best is None or rank < best:
                     best = rank
@@ -392,9 +410,5 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     if pick is None:
         return {}
     u, m, remaining, reset = pick
-    name = _sf_string(u.name)
-    unit = f';qu="{_UNITS[m]}"' if m in _UNITS else ""
-    return {
-        "RateLimit-Policy": f"{name};q={u.limits[m]};w={u.window}{unit}",
-        "RateLimit": f"{name};r={remaining};t={reset}",
-    }
+    policy, head = _policy(u.name, u.limits[m], u.window, m)
+    return {"RateLimit-Policy": policy, "RateLimit": f"{head}{remaining};t={reset}"}

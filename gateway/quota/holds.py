@@ -103,11 +103,15 @@ class Holds:
         self, quotas: Sequence[Quota], buckets: Sequence[Bucket], decision: Decision, now: float
     ) -> None:
         """Take the holds of a decision the store returned for a call made at ``now``."""
-        entries = self._entries
-        for q, b in zip(quotas, buckets, strict=True):
-            u = decision.usage.get(q.name)
+        # Indexed, not zip(strict=True): that parses its keyword on every call.
+        if len(buckets) != len(quotas):
+            raise ValueError("one bucket per quota")
+        entries, usage = self._entries, decision.usage
+        for i, q in enumerate(quotas):
+            u = usage.get(q.name)
             # No hold to take and none known to forget: the usual answer, nothing to do.
             if u is not None and (u.hold_ms or entries):
+                b = buckets[i]
                 self.put(b.tag, b.name, q.fingerprint, u.hold_ms, u.used, now)
 
     def check(

@@ -54,7 +54,8 @@ class Window:
         self.last = 0
 
     def clock(self, now: int) -> int:
-        self.last = max(self.last, now)
+        if now > self.last:
+            self.last = now
         return self.last
 
     def prune(self, now: int, w: int) -> None:
@@ -115,8 +116,8 @@ class Window:
         this runs for every quota of every call.
         """
         tr, td, tq = q.tracks
-        o = Observation()
-        used, reset = o.used, o.reset_ms
+        used: dict[str, int] = {}
+        reset: dict[str, int] = {}
         w = q.window_ms - now
         if tr:
             used["records"] = self.records
@@ -131,7 +132,12 @@ class Window:
             used["requests"] = len(self.requests)
             if self.requests:
                 reset["requests"] = self.requests[0] + w
-        return o
+        # All five given: the dataclass's default factories cost a call each.
+        return Observation(used, {}, reset, {}, {})
+
+
+# One quota of a call: the quota, its window, the window's time, what the call saw.
+_Step = tuple[Quota, Window, int, Observation]
 
 
 class MemoryBackend:
@@ -154,9 +160,6 @@ class MemoryBackend:
     def _seconds(now: float | None) -> float:
         return time.monotonic() if now is None else now
 
-    def _ms(self, now: float | None) -> int:
-        return to_ms(self._seconds(now))
-
     def _sweep(self, now: int) -> None:
         windows, spans = self._windows, self._spans
         while windows:
@@ -166,138 +169,127 @@ class MemoryBackend:
             del windows[key]
             del spans[key]
 
-    def _window(self, b: Bucket, q: Quota, now: int) -> tuple[Window, int]:
-        """The bucket's window (made, or moved to the recent end), pruned at ``now``;
-        and the window's own time (never behind its last call)."""
-        key = (b.tag, b.name)
-        windows, spans = self._windows, self._spans
-        win = windows.get(key)
-        if win is None:
-            win = windows[key] = Window()
-            spans[key] = q.window_ms
-        else:
-            windows.move_to_end(key)
-            # The longest window any quota used with this bucket keeps it alive.
-            if spans[key] < q.window_ms:
-                spans[key] = q.window_ms
-        t = win.clock(now)
-        win.prune(t, q.window_ms)
-        return win, t
-
     def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
         return self._keyer.buckets(quotas, parts)
 
     def _open(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None,
-        buckets: Sequence[Bucket] | None,
-    ) -> tuple[Sequence[Bucket], list[Window], list[int]]:
-        ms = self._ms(now)
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], ms: int
+    ) -> tuple[list[_Step], list[Observation]]:
+        """Each quota with its bucket's window (made, or moved to the recent end), pruned
+        at ``ms``, the window's own time (never behind its last call) and what it holds
+        (``Window.observe``); and those observations alone, for ``decide``.
+
+        The calls walk this one list, not several zipped together: zip(strict=True)
+        parses its keyword on every call, a cost paid several times a request.
+        """
+        if len(buckets) != len(quotas):
+            raise ValueError("one bucket per quota")
         self._sweep(ms)
-        if buckets is None:
-            buckets = self._keyer.buckets(quotas, parts)
-        wins: list[Window] = []
-        times: list[int] = []
+        windows, spans = self._windows, self._spans
+        steps: list[_Step] = []
+        obs: list[Observation] = []
         # One pass per quota: a call's buckets are distinct, so each window is found,
         # clocked and pruned independently of the others.
-        for b, q in zip(buckets, quotas, strict=True):
-            win, t = self._window(b, q, ms)
-            wins.append(win)
-            times.append(t)
-        return buckets, wins, times
+        for i, q in enumerate(quotas):
+            b = buckets[i]
+            key = (b.tag, b.name)
+            w = q.window_ms
+            win = windows.get(key)
+            if win is None:
+                win = windows[key] = Window()
+                spans[key] = w
+            else:
+                windows.move_to_end(key)
+                # The longest window any quota used with this bucket keeps it alive.
+                if spans[key] < w:
+                    spans[key] = w
+            t = win.clock(ms)
+            win.prune(t, w)
+            o = win.observe(q, t)
+            steps.append((q, win, t, o))
+            obs.append(o)
+        return steps, obs
 
     async def precheck(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision:
-        buckets, wins, times = self._open(quotas, parts, now, buckets)
-        obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
+        sec = self._seconds(now)
+        steps, obs = self._open(quotas, buckets, to_ms(sec))
         blocked = False
-        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+        for q, win, t, o in steps:
             o.retry_ms = win.waits(q, t)
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
-            for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+            for q, win, t, o in steps:
                 if q.tracks[2]:
                     win.requests.append(t)
                     o.added["requests"] = 1
                     o.used["requests"] += 1
                     o.reset_ms.setdefault("requests", q.window_ms)
-        return self._learn(quotas, buckets, wins, times, obs, now)
+        return self._learn(quotas, buckets, steps, obs, sec)
 
     def _learn(
         self,
         quotas: Sequence[Quota],
         buckets: Sequence[Bucket],
-        wins: list[Window],
-        times: list[int],
+        steps: list[_Step],
         obs: list[Observation],
-        now: float | None,
+        sec: float,
     ) -> Decision:
-        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+        """Holds and decision of a call made at ``sec`` (the clock read its windows were
+        opened at, so a hold counts from the same instant as the wait it carries)."""
+        for q, win, t, o in steps:
             o.hold_ms = win.waits(q, t)
         decision = decide(quotas, buckets, obs)
-        self._holds.learn(quotas, buckets, decision, self._seconds(now))
+        self._holds.learn(quotas, buckets, decision, sec)
         return decision
 
     def held(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision | None:
         if not quotas or not self._holds:
             return None
-        if buckets is None:
-            buckets = self._keyer.buckets(quotas, parts)
         return self._holds.check(quotas, buckets, self._seconds(now))
 
     async def account(
         self,
         quotas: Sequence[Quota],
-        parts: KeyParts,
+        buckets: Sequence[Bucket],
         records: int,
         ids: Sequence[str],
         now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         digests = self._keyer.ids(ids)
-        buckets, wins, times = self._open(quotas, parts, now, buckets)
-        obs = [w.observe(q, t) for q, w, t in zip(quotas, wins, times, strict=True)]
-        fresh: list[list[bytes]] = []
+        n_ids = len(digests)
+        sec = self._seconds(now)
+        steps, obs = self._open(quotas, buckets, to_ms(sec))
         blocked = False
-        for q, win, t, o in zip(quotas, wins, times, obs, strict=True):
+        for q, win, t, o in steps:
             w = q.window_ms
             lim = q.limits
-            new = [d for d in digests if d not in win.ids] if q.tracks[1] else []
-            fresh.append(new)
             if "records" in lim and win.records + records > lim["records"]:
                 if records > lim["records"]:
                     o.retry_ms["records"] = w
                 else:
                     need = win.records + records - lim["records"]
                     o.retry_ms["records"] = win.records_free_at(need, w) - t
-            if "distinct" in lim and len(win.ids) + len(new) > lim["distinct"]:
-                if len(digests) > lim["distinct"]:
-                    o.retry_ms["distinct"] = w
-                else:
-                    # Ids of this response already in the window do not make
-                    # room by leaving: it would bring them right back.
-                    present = len(digests) - len(new)
-                    k = (len(win.ids) - present) - (lim["distinct"] - len(digests))
-                    o.retry_ms["distinct"] = win.ids_free_at(k, w, set(digests)) - t
+            # Only if every id of the response were new could it go over: which ones
+            # are new is looked up then, and only then (far from the limit it is the
+            # count the insertion below gives).
+            if "distinct" in lim and len(win.ids) + n_ids > lim["distinct"]:
+                new = sum(1 for d in digests if d not in win.ids)
+                if len(win.ids) + new > lim["distinct"]:
+                    if n_ids > lim["distinct"]:
+                        o.retry_ms["distinct"] = w
+                    else:
+                        # Ids of this response already in the window do not make
+                        # room by leaving: it would bring them right back.
+                        present = n_ids - new
+                        k = (len(win.ids) - present) - (lim["distinct"] - n_ids)
+                        o.retry_ms["distinct"] = win.ids_free_at(k, w, set(digests)) - t
             blocked = blocked or bool(o.retry_ms)
         if not blocked:
-            for q, win, t, o, new in zip(quotas, wins, times, obs, fresh, strict=True):
+            for q, win, t, o in steps:
                 tr, td, _ = q.tracks
                 w = q.window_ms
                 if tr and records > 0:
@@ -307,13 +299,17 @@ class MemoryBackend:
                     o.used["records"] += records
                     o.reset_ms.setdefault("records", w)
                 if td and digests:
+                    known = win.ids
+                    before = len(known)
+                    to_end = known.move_to_end
                     for d in digests:
-                        win.ids[d] = t
-                        win.ids.move_to_end(d)
-                    o.added["distinct"] = len(new)
-                    o.used["distinct"] += len(new)
-                    o.reset_ms["distinct"] = next(iter(win.ids.values())) + w - t
-        return self._learn(quotas, buckets, wins, times, obs, now)
+                        known[d] = t
+                        to_end(d)
+                    new = len(known) - before
+                    o.added["distinct"] = new
+                    o.used["distinct"] += new
+                    o.reset_ms["distinct"] = next(iter(known.values())) + w - t
+        return self._learn(quotas, buckets, steps, obs, sec)
 
     async def ping(self) -> None:
         return None

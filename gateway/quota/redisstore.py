@@ -263,19 +263,16 @@ class RedisBackend:
         self,
         mode: str,
         quotas: Sequence[Quota],
-        parts: KeyParts,
+        buckets: Sequence[Bucket],
         now: float | None,
         records: int = 0,
         digests: Sequence[bytes] = (),
-        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         if not quotas:
             return Decision(True, {})
         # Holds are relative to when the call was sent: the server's clock read
         # later, so a hold can only end early here, never late.
         sent = time.monotonic() if now is None else now
-        if buckets is None:
-            buckets = self._keyer.buckets(quotas, parts)
         # Unique log member for this call: this backend's random origin and a counter.
         token = f"{self._origin}{next(self._calls):x}"
         counted = records if mode == "a" else None
@@ -386,42 +383,28 @@ class RedisBackend:
         return self._keyer.buckets(quotas, parts)
 
     def held(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision | None:
         self._listen()
         if not quotas or not self._holds:
             return None
-        if buckets is None:
-            buckets = self._keyer.buckets(quotas, parts)
         return self._holds.check(quotas, buckets, time.monotonic() if now is None else now)
 
     async def precheck(
-        self,
-        quotas: Sequence[Quota],
-        parts: KeyParts,
-        now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
+        self, quotas: Sequence[Quota], buckets: Sequence[Bucket], now: float | None = None
     ) -> Decision:
-        return await self._decide("p", quotas, parts, now, buckets=buckets)
+        return await self._decide("p", quotas, buckets, now)
 
     async def account(
         self,
         quotas: Sequence[Quota],
-        parts: KeyParts,
+        buckets: Sequence[Bucket],
         records: int,
         ids: Sequence[str],
         now: float | None = None,
-        *,
-        buckets: Sequence[Bucket] | None = None,
     ) -> Decision:
         digests = self._keyer.ids(ids)
-        return await self._decide("a", quotas, parts, now, records, digests, buckets)
+        return await self._decide("a", quotas, buckets, now, records, digests)
 
     async def ping(self) -> None:
         # The health watch pings from start-up: listening for holds starts with it.

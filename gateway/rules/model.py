@@ -184,10 +184,12 @@ class Quota:
     # The window in the integer milliseconds both backends keep; which of records,
     # distinct, requests it tracks (those an alert_* or max_* declares); and what a hold
     # depends on, ``w_ms:max_records:max_distinct:max_requests`` (0: no max), the string
-    # gateway.quota.engine.fingerprint names and the Redis script builds too.
+    # gateway.quota.engine.fingerprint names and the Redis script builds too; and the
+    # alert thresholds as (metric, threshold) in that order, the order alerts are reported in.
     window_ms: int = field(init=False, compare=False, repr=False)
     tracks: tuple[bool, bool, bool] = field(init=False, compare=False, repr=False)
     fingerprint: str = field(init=False, compare=False, repr=False)
+    alert_order: tuple[tuple[str, int], ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         lim, alerts = self.limits, self.alerts
@@ -198,6 +200,8 @@ class Quota:
         object.__setattr__(self, "window_ms", window_ms)
         object.__setattr__(self, "tracks", (records, distinct, requests))
         object.__setattr__(self, "fingerprint", fp)
+        order = tuple((m, alerts[m]) for m in _QUOTA_METRICS if m in alerts)
+        object.__setattr__(self, "alert_order", order)
 
 
 # The metrics a quota counts, in the order every report lists them (gateway.quota.engine).

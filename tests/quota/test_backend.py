@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.quota import KeyParts, QuotaBackend, ratelimit_headers
+from gateway.quota.engine import Bucket
 from gateway.rules.model import Quota
 
 ALICE = KeyParts("alice", "10.0.0.1", "customers")
@@ -16,91 +17,118 @@ def quota(name: str = "bulk", per: str = "subject", window: int = 60, **th: int)
 
 async def test_alert_then_block_and_refused_does_not_count(backend: QuotaBackend) -> None:
     qs = (quota(alert_records=3, max_records=5),)
-    d = await backend.account(qs, ALICE, 2, ["a", "b"], now=0)
+    alice = backend.buckets(qs, ALICE)
+    d = await backend.account(qs, alice, 2, ["a", "b"], now=0)
     assert d.allowed and d.usage["bulk"].used_records == 2 and d.usage["bulk"].alert == ()
-    d = await backend.account(qs, ALICE, 1, ["c"], now=1)
+    d = await backend.account(qs, alice, 1, ["c"], now=1)
     assert d.usage["bulk"].alert == ("records",) and d.usage["bulk"].crossed == ("records",)
-    d = await backend.account(qs, ALICE, 1, ["d"], now=2)
+    d = await backend.account(qs, alice, 1, ["d"], now=2)
     assert d.usage["bulk"].alert == ("records",) and d.usage["bulk"].crossed == ()
-    d = await backend.account(qs, ALICE, 2, ["e", "f"], now=3)
+    d = await backend.account(qs, alice, 2, ["e", "f"], now=3)
     assert (d.allowed, d.quota, d.metric) == (False, "bulk", "records")
     assert d.usage["bulk"].used_records == 4  # the refused response is not counted
-    d = await backend.account(qs, ALICE, 1, ["e"], now=4)
+    d = await backend.account(qs, alice, 1, ["e"], now=4)
     assert d.allowed and d.usage["bulk"].used_records == 5
-    d = await backend.precheck(qs, ALICE, now=5)
+    d = await backend.precheck(qs, alice, now=5)
     assert (d.allowed, d.metric) == (False, "records")
 
 
 async def test_untracked_metrics_read_none(backend: QuotaBackend) -> None:
-    d = await backend.account((quota(max_records=5),), ALICE, 2, ["a", "b"], now=0)
+    qs = (quota(max_records=5),)
+    d = await backend.account(qs, backend.buckets(qs, ALICE), 2, ["a", "b"], now=0)
     u = d.usage["bulk"]
     assert (u.used_records, u.used_distinct, u.used_requests) == (2, None, None)
 
 
 async def test_distinct_across_single_record_responses(backend: QuotaBackend) -> None:
     qs = (quota(max_distinct=3, alert_distinct=2),)
+    alice = backend.buckets(qs, ALICE)
     for t, cid in enumerate(["a", "b", "c"]):
-        d = await backend.account(qs, ALICE, 1, [cid], now=t)
+        d = await backend.account(qs, alice, 1, [cid], now=t)
         assert d.allowed
     assert d.usage["bulk"].used_distinct == 3 and d.usage["bulk"].alert == ("distinct",)
-    d = await backend.account(qs, ALICE, 1, ["a"], now=3)  # seen before: still 3
+    d = await backend.account(qs, alice, 1, ["a"], now=3)  # seen before: still 3
     assert d.allowed and d.usage["bulk"].used_distinct == 3
-    d = await backend.account(qs, ALICE, 1, ["d"], now=4)
+    d = await backend.account(qs, alice, 1, ["d"], now=4)
     assert (d.allowed, d.metric) == (False, "distinct")
     # At the limit the pre-check still lets a caller re-read the customers it has.
-    d = await backend.precheck(qs, ALICE, now=5)
+    d = await backend.precheck(qs, alice, now=5)
     assert d.allowed
-    d = await backend.account(qs, ALICE, 1, ["b"], now=5)
+    d = await backend.account(qs, alice, 1, ["b"], now=5)
     assert d.allowed
+
+
+async def test_new_ids_are_counted_alike_far_from_and_near_max_distinct(
+    backend: QuotaBackend,
+) -> None:
+    # Far from the max the memory backend counts new ids as it adds them; near it,
+    # it looks them up first. Both must give the same usage and crossings.
+    for top in (100, 3):
+        qs = (quota(f"d{top}", alert_distinct=3, max_distinct=top),)
+        alice = backend.buckets(qs, ALICE)
+        d = await backend.account(qs, alice, 2, ["a", "b"], now=0)
+        assert d.usage[f"d{top}"].used_distinct == 2
+        d = await backend.account(qs, alice, 2, ["b", "c"], now=1)  # one new
+        assert d.allowed and d.usage[f"d{top}"].used_distinct == 3
+        assert d.usage[f"d{top}"].crossed == ("distinct",)
+        d = await backend.account(qs, alice, 2, ["c", "a"], now=2)  # none new
+        assert d.allowed and d.usage[f"d{top}"].used_distinct == 3
+        assert d.usage[f"d{top}"].crossed == ()
+        assert dict(d.usage[f"d{top}"].reset) == {"distinct": 59}  # b is now the oldest
 
 
 async def test_duplicate_ids_in_one_response_count_once(backend: QuotaBackend) -> None:
-    d = await backend.account((quota(max_distinct=2),), ALICE, 3, ["a", "a", "b"], now=0)
+    qs = (quota(max_distinct=2),)
+    d = await backend.account(qs, backend.buckets(qs, ALICE), 3, ["a", "a", "b"], now=0)
     assert d.allowed and d.usage["bulk"].used_distinct == 2
 
 
 async def test_usage_drops_exactly_when_events_leave(backend: QuotaBackend) -> None:
     qs = (quota(window=10, max_records=100, max_distinct=100),)
-    await backend.account(qs, ALICE, 3, ["a"], now=100)
-    await backend.account(qs, ALICE, 2, ["b"], now=105)
-    d = await backend.precheck(qs, ALICE, now=109.999)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 3, ["a"], now=100)
+    await backend.account(qs, alice, 2, ["b"], now=105)
+    d = await backend.precheck(qs, alice, now=109.999)
     assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (5, 2)
-    d = await backend.precheck(qs, ALICE, now=110)
+    d = await backend.precheck(qs, alice, now=110)
     assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (2, 1)
-    d = await backend.precheck(qs, ALICE, now=115)
+    d = await backend.precheck(qs, alice, now=115)
     assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (0, 0)
 
 
 async def test_seeing_an_id_again_keeps_it_in_the_window(backend: QuotaBackend) -> None:
     qs = (quota(window=10, max_distinct=100),)
-    await backend.account(qs, ALICE, 1, ["a"], now=0)
-    await backend.account(qs, ALICE, 1, ["a"], now=8)
-    d = await backend.precheck(qs, ALICE, now=12)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 1, ["a"], now=0)
+    await backend.account(qs, alice, 1, ["a"], now=8)
+    d = await backend.precheck(qs, alice, now=12)
     assert d.usage["bulk"].used_distinct == 1
-    d = await backend.precheck(qs, ALICE, now=18)
+    d = await backend.precheck(qs, alice, now=18)
     assert d.usage["bulk"].used_distinct == 0
 
 
 async def test_records_retry_after(backend: QuotaBackend) -> None:
     qs = (quota(max_records=5),)
-    await backend.account(qs, ALICE, 2, [], now=0)
-    await backend.account(qs, ALICE, 3, [], now=10)
-    d = await backend.precheck(qs, ALICE, now=20)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 2, [], now=0)
+    await backend.account(qs, alice, 3, [], now=10)
+    d = await backend.precheck(qs, alice, now=20)
     assert (d.allowed, d.retry_after) == (False, 40)  # one record frees when t=0 leaves
-    d = await backend.account(qs, ALICE, 3, [], now=20)
+    d = await backend.account(qs, alice, 3, [], now=20)
     assert (d.allowed, d.retry_after) == (False, 50)  # 3 records: both events must leave
-    d = await backend.account(qs, ALICE, 6, [], now=20)
+    d = await backend.account(qs, alice, 6, [], now=20)
     assert (d.allowed, d.retry_after) == (False, 60)  # can never fit: the window
-    d = await backend.precheck(qs, ALICE, now=60)
+    d = await backend.precheck(qs, alice, now=60)
     assert d.allowed and d.usage["bulk"].used_records == 3
 
 
 async def test_retry_after_rounds_up(backend: QuotaBackend) -> None:
     qs = (quota(max_records=1),)
-    await backend.account(qs, ALICE, 1, [], now=0.5)
-    d = await backend.precheck(qs, ALICE, now=10)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 1, [], now=0.5)
+    d = await backend.precheck(qs, alice, now=10)
     assert d.retry_after == 51
-    d = await backend.precheck(qs, ALICE, now=60.4)
+    d = await backend.precheck(qs, alice, now=60.4)
     assert d.retry_after == 1
 
 
@@ -108,40 +136,43 @@ async def test_distinct_retry_after_ignores_ids_the_response_brings_back(
     backend: QuotaBackend,
 ) -> None:
     qs = (quota(max_distinct=2),)
-    await backend.account(qs, ALICE, 1, ["a"], now=0)
-    await backend.account(qs, ALICE, 1, ["b"], now=10)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 1, ["a"], now=0)
+    await backend.account(qs, alice, 1, ["b"], now=10)
     # {a, b} + {a, c}: a leaving does not help (the response brings it back); b must go.
-    d = await backend.account(qs, ALICE, 2, ["a", "c"], now=20)
+    d = await backend.account(qs, alice, 2, ["a", "c"], now=20)
     assert (d.allowed, d.metric, d.retry_after) == (False, "distinct", 50)
-    d = await backend.account(qs, ALICE, 3, ["x", "y", "z"], now=20)
+    d = await backend.account(qs, alice, 3, ["x", "y", "z"], now=20)
     assert d.retry_after == 60
-    d = await backend.precheck(qs, ALICE, now=20)
+    d = await backend.precheck(qs, alice, now=20)
     assert d.allowed  # max_distinct is decided on account, not before the upstream
-    d = await backend.account(qs, ALICE, 2, ["a", "c"], now=70)
+    d = await backend.account(qs, alice, 2, ["a", "c"], now=70)
     assert d.allowed and d.usage["bulk"].used_distinct == 2
 
 
 async def test_requests_limit(backend: QuotaBackend) -> None:
     qs = (quota(max_requests=2, alert_requests=2),)
-    d = await backend.precheck(qs, ALICE, now=0)
+    alice = backend.buckets(qs, ALICE)
+    d = await backend.precheck(qs, alice, now=0)
     assert d.allowed and d.usage["bulk"].used_requests == 1 and d.usage["bulk"].alert == ()
-    d = await backend.precheck(qs, ALICE, now=5)
+    d = await backend.precheck(qs, alice, now=5)
     assert d.allowed and d.usage["bulk"].crossed == ("requests",)
-    d = await backend.precheck(qs, ALICE, now=7)
+    d = await backend.precheck(qs, alice, now=7)
     assert (d.allowed, d.metric, d.retry_after) == (False, "requests", 53)
     assert d.usage["bulk"].used_requests == 2  # a blocked request is not counted
-    d = await backend.account(qs, ALICE, 1, ["a"], now=8)  # account never counts requests
+    d = await backend.account(qs, alice, 1, ["a"], now=8)  # account never counts requests
     assert d.allowed and d.usage["bulk"].used_requests == 2
-    d = await backend.precheck(qs, ALICE, now=60)
+    d = await backend.precheck(qs, alice, now=60)
     assert d.allowed and d.usage["bulk"].used_requests == 2
 
 
 async def test_largest_wait_names_the_block(backend: QuotaBackend) -> None:
     qs = (quota("short", window=10, max_records=1), quota("long", window=100, max_records=1))
-    await backend.account(qs, ALICE, 1, [], now=0)
-    d = await backend.precheck(qs, ALICE, now=1)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 1, [], now=0)
+    d = await backend.precheck(qs, alice, now=1)
     assert (d.quota, d.retry_after) == ("long", 99)
-    d = await backend.precheck(qs, ALICE, now=50)
+    d = await backend.precheck(qs, alice, now=50)
     assert (d.quota, d.retry_after) == ("long", 50)
 
 
@@ -151,12 +182,16 @@ async def test_per_subject_client_ip_and_subject_route(backend: QuotaBackend) ->
         quota("i", per="client_ip", max_records=100),
         quota("r", per="subject_route", max_records=100),
     )
-    await backend.account(qs, KeyParts("alice", "10.0.0.1", "customers"), 1, [], now=0)
-    await backend.account(qs, KeyParts("alice", "10.0.0.2", "accounts"), 2, [], now=1)
-    d = await backend.account(qs, KeyParts("bob", "10.0.0.1", "customers"), 4, [], now=2)
+
+    def at(subject: str, client_ip: str, route: str) -> tuple[Bucket, ...]:
+        return backend.buckets(qs, KeyParts(subject, client_ip, route))
+
+    await backend.account(qs, at("alice", "10.0.0.1", "customers"), 1, [], now=0)
+    await backend.account(qs, at("alice", "10.0.0.2", "accounts"), 2, [], now=1)
+    d = await backend.account(qs, at("bob", "10.0.0.1", "customers"), 4, [], now=2)
     used = {n: u.used_records for n, u in d.usage.items()}
     assert used == {"s": 4, "i": 5, "r": 4}
-    d = await backend.precheck(qs, KeyParts("alice", "10.0.0.9", "customers"), now=3)
+    d = await backend.precheck(qs, at("alice", "10.0.0.9", "customers"), now=3)
     used = {n: u.used_records for n, u in d.usage.items()}
     assert used == {"s": 3, "i": 0, "r": 1}
     assert [u.shared for u in d.usage.values()] == [False, True, False]
@@ -164,10 +199,14 @@ async def test_per_subject_client_ip_and_subject_route(backend: QuotaBackend) ->
 
 async def test_anonymous_callers_are_keyed_by_address(backend: QuotaBackend) -> None:
     qs = (quota(max_records=100),)
-    await backend.account(qs, KeyParts(None, "10.0.0.1", "customers"), 1, [], now=0)
-    d = await backend.account(qs, KeyParts(None, "10.0.0.2", "customers"), 1, [], now=1)
+
+    def at(subject: str | None, client_ip: str) -> tuple[Bucket, ...]:
+        return backend.buckets(qs, KeyParts(subject, client_ip, "customers"))
+
+    await backend.account(qs, at(None, "10.0.0.1"), 1, [], now=0)
+    d = await backend.account(qs, at(None, "10.0.0.2"), 1, [], now=1)
     assert d.usage["bulk"].used_records == 1 and d.usage["bulk"].shared
-    d = await backend.precheck(qs, KeyParts("10.0.0.1", "10.0.0.1", "customers"), now=2)
+    d = await backend.precheck(qs, at("10.0.0.1", "10.0.0.1"), now=2)
     assert d.usage["bulk"].used_records == 0  # a subject that looks like an address is apart
 
 
@@ -178,34 +217,37 @@ async def test_a_block_in_one_key_group_undoes_the_other(backend: QuotaBackend) 
         quota("ip", per="client_ip", max_records=100, max_distinct=100, max_requests=100),
         quota("sub", per="subject", max_records=3, max_distinct=2, max_requests=2),
     )
-    await backend.precheck(qs, ALICE, now=0)
-    await backend.account(qs, ALICE, 1, ["x"], now=0)
-    d = await backend.account(qs, ALICE, 3, ["x", "y", "z"], now=30)
+    alice = backend.buckets(qs, ALICE)
+    await backend.precheck(qs, alice, now=0)
+    await backend.account(qs, alice, 1, ["x"], now=0)
+    d = await backend.account(qs, alice, 3, ["x", "y", "z"], now=30)
     assert (d.allowed, d.quota) == (False, "sub")
     assert (d.usage["ip"].used_records, d.usage["ip"].used_distinct) == (1, 1)
-    await backend.precheck(qs, ALICE, now=31)
-    d = await backend.precheck(qs, ALICE, now=32)
+    await backend.precheck(qs, alice, now=31)
+    d = await backend.precheck(qs, alice, now=32)
     assert (d.allowed, d.metric) == (False, "requests")
     assert d.usage["ip"].used_requests == 2
     # x was refreshed at t=30 by the refused call in the first group, then put back:
-    d = await backend.precheck(qs, ALICE, now=60)
+    d = await backend.precheck(qs, alice, now=60)
     assert (d.usage["ip"].used_records, d.usage["ip"].used_distinct) == (0, 0)
 
 
 async def test_empty_response_and_no_quotas(backend: QuotaBackend) -> None:
-    d = await backend.account((quota(max_records=1, max_distinct=1),), ALICE, 0, [], now=0)
+    qs = (quota(max_records=1, max_distinct=1),)
+    d = await backend.account(qs, backend.buckets(qs, ALICE), 0, [], now=0)
     assert d.allowed and d.usage["bulk"].used_records == 0
-    d = await backend.account((), ALICE, 5, ["a"], now=0)
+    d = await backend.account((), (), 5, ["a"], now=0)
     assert d.allowed and d.usage == {}
-    d = await backend.precheck((), ALICE)
+    d = await backend.precheck((), ())
     assert d.allowed
 
 
 async def test_backend_clock_when_no_time_given(backend: QuotaBackend) -> None:
     qs = (quota(max_records=2, max_requests=5),)
-    assert (await backend.precheck(qs, ALICE)).allowed
-    assert (await backend.account(qs, ALICE, 2, ["a", "b"])).allowed
-    d = await backend.precheck(qs, ALICE)
+    alice = backend.buckets(qs, ALICE)
+    assert (await backend.precheck(qs, alice)).allowed
+    assert (await backend.account(qs, alice, 2, ["a", "b"])).allowed
+    d = await backend.precheck(qs, alice)
     assert (d.allowed, d.quota, d.metric) == (False, "bulk", "records")
     assert 59 <= (d.retry_after or 0) <= 60
     await backend.ping()
@@ -218,10 +260,11 @@ async def test_a_caller_at_max_records_is_held_exactly_while_a_precheck_would_re
     backend: QuotaBackend,
 ) -> None:
     qs = (quota(max_records=5),)
-    await backend.account(qs, ALICE, 2, ["a", "b"], now=0)
-    assert backend.held(qs, ALICE, now=1) is None  # below the limit: nothing is held
-    assert (await backend.account(qs, ALICE, 3, ["c"], now=10)).allowed  # now at 5
-    held = backend.held(qs, ALICE, now=20)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 2, ["a", "b"], now=0)
+    assert backend.held(qs, alice, now=1) is None  # below the limit: nothing is held
+    assert (await backend.account(qs, alice, 3, ["c"], now=10)).allowed  # now at 5
+    held = backend.held(qs, alice, now=20)
     assert held is not None
     assert (held.allowed, held.quota, held.metric, held.retry_after) == (
         False,
@@ -234,46 +277,51 @@ async def test_a_caller_at_max_records_is_held_exactly_while_a_precheck_would_re
         "RateLimit-Policy": '"bulk";q=5;w=60;qu="records"',
         "RateLimit": '"bulk";r=0;t=40',
     }
-    stored = await backend.precheck(qs, ALICE, now=20)  # the store says the same
+    stored = await backend.precheck(qs, alice, now=20)  # the store says the same
     assert (stored.allowed, stored.retry_after) == (False, 40)
-    assert backend.held(qs, ALICE, now=59.999) is not None
-    assert backend.held(qs, ALICE, now=60) is None  # the moment the first event leaves
-    assert (await backend.precheck(qs, ALICE, now=60)).allowed
-    assert backend.held((quota(max_records=6),), ALICE, now=20) is None  # another definition
-    assert backend.held(qs, KeyParts("bob", "10.0.0.1", "customers"), now=20) is None
+    assert backend.held(qs, alice, now=59.999) is not None
+    assert backend.held(qs, alice, now=60) is None  # the moment the first event leaves
+    assert (await backend.precheck(qs, alice, now=60)).allowed
+    other = (quota(max_records=6),)
+    assert backend.held(other, backend.buckets(other, ALICE), now=20) is None  # another definition
+    bob = backend.buckets(qs, KeyParts("bob", "10.0.0.1", "customers"))
+    assert backend.held(qs, bob, now=20) is None
 
 
 async def test_a_caller_out_of_requests_is_held(backend: QuotaBackend) -> None:
     qs = (quota(max_requests=2, max_records=100),)
-    assert (await backend.precheck(qs, ALICE, now=0)).allowed
-    assert backend.held(qs, ALICE, now=1) is None
-    assert (await backend.precheck(qs, ALICE, now=5)).allowed  # the last request that fits
-    held = backend.held(qs, ALICE, now=7)
+    alice = backend.buckets(qs, ALICE)
+    assert (await backend.precheck(qs, alice, now=0)).allowed
+    assert backend.held(qs, alice, now=1) is None
+    assert (await backend.precheck(qs, alice, now=5)).allowed  # the last request that fits
+    held = backend.held(qs, alice, now=7)
     assert held is not None and (held.metric, held.retry_after) == ("requests", 53)
-    assert backend.held(qs, ALICE, now=60) is None
-    d = await backend.precheck(qs, ALICE, now=60)
+    assert backend.held(qs, alice, now=60) is None
+    d = await backend.precheck(qs, alice, now=60)
     assert d.allowed and d.usage["bulk"].used_requests == 2
 
 
 async def test_only_what_blocks_a_precheck_is_held(backend: QuotaBackend) -> None:
     qs = (quota(max_records=5, max_distinct=1),)
-    await backend.account(qs, ALICE, 4, ["a"], now=0)
-    d = await backend.account(qs, ALICE, 2, ["a"], now=1)
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 4, ["a"], now=0)
+    d = await backend.account(qs, alice, 2, ["a"], now=1)
     assert (d.allowed, d.metric) == (False, "records")
     # 4 of 5: a smaller response still fits, and max_distinct is decided on the response.
-    assert backend.held(qs, ALICE, now=2) is None
-    assert (await backend.account(qs, ALICE, 1, ["a"], now=3)).allowed
-    assert backend.held(qs, ALICE, now=4) is not None
+    assert backend.held(qs, alice, now=2) is None
+    assert (await backend.account(qs, alice, 1, ["a"], now=3)).allowed
+    assert backend.held(qs, alice, now=4) is not None
 
 
 async def test_a_newer_answer_from_the_store_replaces_a_hold(backend: QuotaBackend) -> None:
     qs = (quota(max_records=2),)
-    await backend.account(qs, ALICE, 2, [], now=0)
-    assert backend.held(qs, ALICE, now=1) is not None
+    alice = backend.buckets(qs, ALICE)
+    await backend.account(qs, alice, 2, [], now=0)
+    assert backend.held(qs, alice, now=1) is not None
     raised = (quota(max_records=10),)  # a reload raised the limit
-    assert (await backend.account(raised, ALICE, 1, [], now=2)).allowed
-    assert backend.held(raised, ALICE, now=3) is None
-    assert backend.held(qs, ALICE, now=3) is None  # forgotten, not guessed
+    assert (await backend.account(raised, backend.buckets(raised, ALICE), 1, [], now=2)).allowed
+    assert backend.held(raised, backend.buckets(raised, ALICE), now=3) is None
+    assert backend.held(qs, alice, now=3) is None  # forgotten, not guessed
 
 
 async def test_an_undone_write_leaves_no_hold(backend: QuotaBackend) -> None:
@@ -281,12 +329,13 @@ async def test_an_undone_write_leaves_no_hold(backend: QuotaBackend) -> None:
         quota("ip", per="client_ip", max_records=3),
         quota("sub", per="subject", max_records=2),
     )
-    d = await backend.account(qs, ALICE, 3, ["x", "y", "z"], now=0)
+    alice = backend.buckets(qs, ALICE)
+    d = await backend.account(qs, alice, 3, ["x", "y", "z"], now=0)
     assert (d.allowed, d.quota) == (False, "sub")
     # The address quota would be at its max had the response been delivered; it was not.
-    assert backend.held(qs, ALICE, now=1) is None
-    assert (await backend.account(qs, ALICE, 2, [], now=2)).allowed
-    held = backend.held(qs, ALICE, now=3)
+    assert backend.held(qs, alice, now=1) is None
+    assert (await backend.account(qs, alice, 2, [], now=2)).allowed
+    held = backend.held(qs, alice, now=3)
     assert held is not None and held.quota == "sub" and set(held.usage) == {"sub"}
 
 
@@ -294,21 +343,22 @@ async def test_reset_follows_the_oldest_entry_as_ids_are_seen_again(
     backend: QuotaBackend,
 ) -> None:
     qs = (quota(window=60, max_records=100, max_distinct=100),)
+    alice = backend.buckets(qs, ALICE)
 
     async def reset(records: int, ids: list[str], now: float) -> dict[str, int]:
-        d = await backend.account(qs, ALICE, records, ids, now=now)
+        d = await backend.account(qs, alice, records, ids, now=now)
         return dict(d.usage["bulk"].reset)
 
     assert await reset(1, ["a"], 0) == {"records": 60, "distinct": 60}
     assert await reset(1, ["b"], 10) == {"records": 50, "distinct": 50}
     assert await reset(1, ["a"], 20) == {"records": 40, "distinct": 50}  # b is now the oldest
     assert await reset(2, ["a", "b"], 30) == {"records": 30, "distinct": 60}  # all seen again
-    d = await backend.precheck(qs, ALICE, now=65)
+    d = await backend.precheck(qs, alice, now=65)
     assert dict(d.usage["bulk"].reset) == {"records": 5, "distinct": 25}
     assert (d.usage["bulk"].used_records, d.usage["bulk"].used_distinct) == (4, 2)
 
 
-async def test_calls_given_the_callers_buckets_decide_and_hold_as_with_parts_alone(
+async def test_calls_given_the_callers_buckets_once_decide_and_hold_as_when_keyed_again(
     backend: QuotaBackend,
 ) -> None:
     # The request path computes a caller's buckets once and hands them to every call.
@@ -319,24 +369,26 @@ async def test_calls_given_the_callers_buckets_decide_and_hold_as_with_parts_alo
     )
     buckets = backend.buckets(qs, ALICE)
     assert len(buckets) == 3 and buckets[1].tag == buckets[2].tag != buckets[0].tag
-    d = await backend.precheck(qs, ALICE, now=0, buckets=buckets)
+    d = await backend.precheck(qs, buckets, now=0)
     assert d.allowed and d.usage["sub"].used_requests == 1
-    d = await backend.account(qs, ALICE, 2, ["a"], now=1, buckets=buckets)
+    d = await backend.account(qs, buckets, 2, ["a"], now=1)
     assert d.allowed and [u.used_records for u in d.usage.values()] == [2, 2, 2]
-    d = await backend.account(qs, ALICE, 1, ["b"], now=2)  # the same state without them
+    again = backend.buckets(qs, ALICE)  # keyed again: the same buckets, the same state
+    d = await backend.account(qs, again, 1, ["b"], now=2)
     assert d.allowed and d.usage["sub"].used_records == 3
-    assert backend.held(qs, ALICE, now=3, buckets=buckets) == backend.held(qs, ALICE, now=3)
-    held = backend.held(qs, ALICE, now=3, buckets=buckets)
+    assert backend.held(qs, buckets, now=3) == backend.held(qs, again, now=3)
+    held = backend.held(qs, buckets, now=3)
     assert held is not None and (held.quota, held.metric) == ("sub", "records")
-    d = await backend.precheck(qs, ALICE, now=4, buckets=buckets)
+    d = await backend.precheck(qs, buckets, now=4)
     assert (d.allowed, d.quota) == (False, "sub")
 
 
 async def test_calls_use_the_buckets_they_are_given(backend: QuotaBackend) -> None:
     qs = (quota(max_records=5),)
-    bob = KeyParts("bob", "10.0.0.2", "customers")
-    await backend.account(qs, ALICE, 2, [], now=0, buckets=backend.buckets(qs, bob))
+    alice = backend.buckets(qs, ALICE)
+    bob = backend.buckets(qs, KeyParts("bob", "10.0.0.2", "customers"))
+    await backend.account(qs, bob, 2, [], now=0)
     d = await backend.precheck(qs, bob, now=1)
     assert d.usage["bulk"].used_records == 2
-    d = await backend.precheck(qs, ALICE, now=1)
+    d = await backend.precheck(qs, alice, now=1)
     assert d.usage["bulk"].used_records == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.quota.engine import (
     Bucket,
     Decision,
@@ -14,6 +16,7 @@ from gateway.quota.engine import (
     ratelimit_headers,
     seconds,
 )
+from gateway.quota.holds import Holds
 from gateway.rules.model import Quota
 
 ALICE = KeyParts("alice", "10.0.0.1", "customers")
@@ -81,6 +84,12 @@ def test_what_the_engine_reads_of_a_quota_is_derived_once_at_load() -> None:
         "3600000:500:100:0",
     )
     assert fingerprint(q) == q.fingerprint
+    # Alert thresholds in METRICS order whatever order they were written in.
+    both = Quota("b", "subject", 60, {"requests": 3, "records": 2}, {})
+    assert (q.alert_order, both.alert_order) == (
+        (("records", 200),),
+        (("records", 2), ("requests", 3)),
+    )
     paced = Quota("p", "client_ip", 60, {"requests": 5}, {})
     assert (paced.tracks, paced.fingerprint) == ((False, False, True), "60000:0:0:0")
     # Derived, so neither compared nor shown.
@@ -161,3 +170,27 @@ def test_headers_never_show_shared_buckets() -> None:
 def test_header_names_are_valid_structured_strings() -> None:
     d = Decision(True, {'a"b\\c€': usage('a"b\\c€', {"records": 5}, {"records": 1})})
     assert ratelimit_headers(d)["RateLimit"] == '"a\\"b\\\\c_";r=4;t=0'
+
+
+def test_headers_follow_a_changed_limit_of_the_same_quota() -> None:
+    # The policy strings are cached by name, limit, window and metric: a reload that
+    # changes the limit gets its own, and the same limit again the same text.
+    b = Bucket("s:x", "s:q", False)
+    for top in (10, 20, 10):
+        q = Quota("q", "subject", 60, {}, {"records": top})
+        d = decide([q], [b], [Observation(used={"records": 4}, reset_ms={"records": 1500})])
+        assert ratelimit_headers(d) == {
+            "RateLimit-Policy": f'"q";q={top};w=60;qu="records"',
+            "RateLimit": f'"q";r={top - 4};t=2',
+        }
+
+
+def test_decide_wants_one_bucket_and_one_observation_per_quota() -> None:
+    q = Quota("q", "subject", 60, {}, {"records": 1})
+    b = Bucket("s:x", "s:q", False)
+    with pytest.raises(ValueError):
+        decide([q], [b, b], [Observation()])
+    with pytest.raises(ValueError):
+        decide([q], [b], [])
+    with pytest.raises(ValueError):
+        Holds().learn([q], [], decide([q], [b], [Observation()]), 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.quota import KeyParts, MemoryBackend
 from gateway.rules.model import Quota
 
@@ -11,11 +13,13 @@ Q = Quota("bulk", "subject", 10, {}, {"records": 5, "distinct": 5, "requests": 5
 async def test_idle_buckets_are_dropped() -> None:
     b = MemoryBackend()
     for i in range(100):
-        await b.account((Q,), KeyParts(f"u{i}", "10.0.0.1", "r"), 1, [f"c{i}"], now=i / 100)
+        caller = b.buckets((Q,), KeyParts(f"u{i}", "10.0.0.1", "r"))
+        await b.account((Q,), caller, 1, [f"c{i}"], now=i / 100)
     assert len(b) == 100
-    await b.precheck((Q,), KeyParts("late", "10.0.0.1", "r"), now=10.5)
+    late = b.buckets((Q,), KeyParts("late", "10.0.0.1", "r"))
+    await b.precheck((Q,), late, now=10.5)
     assert len(b) == 50  # u0..u50 (last seen at or before t=0.5) are gone; "late" is new
-    await b.precheck((Q,), KeyParts("late", "10.0.0.1", "r"), now=30)
+    await b.precheck((Q,), late, now=30)
     assert len(b) == 1
     await b.close()
     assert len(b) == 0
@@ -23,7 +27,7 @@ async def test_idle_buckets_are_dropped() -> None:
 
 async def test_a_clock_step_back_is_clamped() -> None:
     b = MemoryBackend()
-    caller = KeyParts("u", "10.0.0.1", "r")
+    caller = b.buckets((Q,), KeyParts("u", "10.0.0.1", "r"))
     await b.account((Q,), caller, 1, ["a"], now=100)
     d = await b.account((Q,), caller, 1, ["b"], now=50)  # counted as at t=100
     assert d.usage["bulk"].used_records == 2
@@ -31,3 +35,12 @@ async def test_a_clock_step_back_is_clamped() -> None:
     assert d.usage["bulk"].used_records == 2
     d = await b.precheck((Q,), caller, now=110)
     assert d.usage["bulk"].used_records == 0
+
+
+async def test_a_call_wants_one_bucket_per_quota() -> None:
+    b = MemoryBackend()
+    caller = b.buckets((Q,), KeyParts("u", "10.0.0.1", "r"))
+    with pytest.raises(ValueError):
+        await b.account((Q, Q), caller, 1, ["a"], now=0)
+    with pytest.raises(ValueError):
+        await b.precheck((Q,), caller * 2, now=0)
