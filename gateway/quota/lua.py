@@ -203,8 +203,10 @@ for q = 1, nq do
       if n > s.mr then s.rr = s.w else s.rr = records_free_at(s, s.ur + n - s.mr) - now end
     end
     -- Which ids are new matters only near max_distinct (or for an undo); otherwise
-    -- the write's own count says it.
-    if s.td and #ids > 0 and (want_old or (s.md > 0 and s.ud + #ids > s.md)) then
+    -- the write's own count says it. A response without ids is refused too when the
+    -- usage is already over the max (a reload lowered it): the ids in the window
+    -- with the response's are still too many, as the memory backend says.
+    if s.td and ((want_old and #ids > 0) or (s.md > 0 and s.ud + #ids > s.md)) then
       s.known = true
       for j, sc in ipairs(scores(s.ki)) do
         if sc then s.old[j] = tonumber(sc) else s.old[j] = -1; s.new = s.new + 1 end

@@ -314,6 +314,23 @@ async def test_an_undone_first_write_leaves_no_reset(backend: QuotaBackend) -> N
     }
 
 
+async def test_over_a_lowered_max_distinct_a_response_without_ids_is_refused(
+    backend: QuotaBackend,
+) -> None:
+    # The ids in the window with the response's are too many even when it has none.
+    alice = backend.buckets((quota(max_distinct=3),), ALICE)
+    assert (
+        await backend.account((quota(max_distinct=3),), alice, 3, ["a", "b", "c"], now=0)
+    ).allowed
+    lowered = (quota(max_distinct=1),)  # a reload
+    d = await backend.account(lowered, alice, 1, [], now=10)
+    # Two of the three ids must leave (at 60) before the window holds at most one.
+    assert (d.allowed, d.metric, d.retry_after) == (False, "distinct", 50)
+    assert d.usage["bulk"].used_distinct == 3
+    d = await backend.account(lowered, alice, 1, ["a"], now=11)
+    assert (d.allowed, d.metric, d.retry_after) == (False, "distinct", 49)
+
+
 async def test_empty_response_and_no_quotas(backend: QuotaBackend) -> None:
     qs = (quota(max_records=1, max_distinct=1),)
     d = await backend.account(qs, backend.buckets(qs, ALICE), 0, [], now=0)
