@@ -1,11 +1,11 @@
-"""The Lua scripts of the Redis quota backend, and their calling convention.
+"""The Lua script of the Redis quota backend, and its calling convention.
 
 :data:`SCRIPT` decides one call (a pre-check or an account) for every quota of
-one hash-tag group atomically, and writes only when nothing blocks; :data:`UNDO`
-takes back a committed call when a later group of the same call blocks.
-:mod:`gateway.quota.redisstore` builds their arguments and reads their replies;
-the comments above each script are the contract between the two. What they do,
-and why, is that module's "Theory of operation".
+one hash-tag group atomically, and writes only when nothing blocks; in its undo
+mode it takes back a committed call when a later group of the same call blocks,
+and reports the state that leaves. :mod:`gateway.quota.redisstore` builds its
+arguments and reads its replies; the comment above the script is the contract
+between the two. What it does, and why, is that module's "Theory of operation".
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-# ARGV: mode ('p' precheck | 'a' account), now ('' = server TIME), token,
+# ARGV: mode ('p' precheck | 'a' account | 'u' undo), now ('' = server TIME), token,
 #   dry ('1' = decide only, never write), want_old ('1' = return ids' previous
 #   last-seen for an undo), channel ('' = publish nothing), origin, pending
 #   (lines of earlier groups, published only if this call commits), shortest
 #   (ms: shorter holds are not announced), nq, then per quota: window_ms,
 #   track_records, track_distinct, track_requests, max_records, max_distinct,
-#   max_requests (0 = none); then for 'a': records, id digests...
+#   max_requests (0 = none); then for 'a': records, id digests...; for 'u' (take
+#   back what an 'a'/'p' call with this token committed at ts, then report the
+#   state it leaves, as a dry call would): ts, records, then per quota: requests
+#   ('1' = remove the request), event ('1' = remove the event), m, then m pairs
+#   (id digest, previous last-seen or -1).
 # KEYS: 4 per quota (q, e, i, n).
 # Returns: allowed, now, then 14 integers per quota: used r/d/q (-1 untracked),
 #   added r/d/q, reset_ms r/d/q (-1 none), retry_ms r/d/q (0 = not blocking),
@@ -29,7 +33,8 @@ from typing import Final
 #   quota "<key base> <fingerprint> <hold r> <hold q> <used r> <used d> <used q>".
 SCRIPT: Final = r"""
 local mode, token = ARGV[1], ARGV[3]
-local dry, want_old = ARGV[4] == '1', ARGV[5] == '1'
+-- an undo writes nothing after taking its call back: it only reports
+local dry, want_old = ARGV[4] == '1' or mode == 'u', ARGV[5] == '1'
 local channel, origin, pending = ARGV[6], ARGV[7], ARGV[8]
 local shortest = tonumber(ARGV[9])
 local now
@@ -46,6 +51,34 @@ local n, ids, inr = 0, {}, {}
 if mode == 'a' then
   n = tonumber(ARGV[p])
   for j = p + 1, #ARGV do ids[#ids + 1] = ARGV[j]; inr[ARGV[j]] = true end
+elseif mode == 'u' then
+  -- Undone here, before the state is read, so the reply (usage, resets, holds) is
+  -- the state as it is once the call is taken back: what the memory backend, which
+  -- never wrote, reports for the same call.
+  local ts, rn = tonumber(ARGV[p]), ARGV[p + 1]
+  local u = p + 2
+  for q = 1, nq do
+    local kq, ke = KEYS[(q - 1) * 4 + 1], KEYS[(q - 1) * 4 + 2]
+    local ki, kn = KEYS[(q - 1) * 4 + 3], KEYS[(q - 1) * 4 + 4]
+    if ARGV[u] == '1' then redis.call('ZREM', kq, token) end
+    -- the sum only if it is there: DECRBY would make a lost one negative (and
+    -- without expiry); reading rebuilds a lost sum from the log
+    if ARGV[u + 1] == '1' and redis.call('ZREM', ke, token .. ':' .. rn) == 1
+        and redis.call('EXISTS', kn) == 1 then
+      redis.call('DECRBY', kn, rn)
+    end
+    local m = tonumber(ARGV[u + 2])
+    u = u + 3
+    for _ = 1, m do
+      local id, old = ARGV[u], ARGV[u + 1]
+      u = u + 2
+      -- put back only ids nobody has seen again since (their score is still ours)
+      local sc = redis.call('ZSCORE', ki, id)
+      if sc and tonumber(sc) == ts then
+        if old == '-1' then redis.call('ZREM', ki, id) else redis.call('ZADD', ki, old, id) end
+      end
+    end
+  end
 end
 
 local function count(member) return tonumber(string.match(member, ':(%d+)$')) end
@@ -165,13 +198,15 @@ for q = 1, nq do
 
   if mode == 'p' then
     s.rr, s.rq = prewaits(s)
-  else
+  elseif mode == 'a' then
     if s.mr > 0 and s.ur + n > s.mr then
       if n > s.mr then s.rr = s.w else s.rr = records_free_at(s, s.ur + n - s.mr) - now end
     end
     -- Which ids are new matters only near max_distinct (or for an undo); otherwise
-    -- the write's own count says it.
-    if s.td and #ids > 0 and (want_old or (s.md > 0 and s.ud + #ids > s.md)) then
+    -- the write's own count says it. A response without ids is refused too when the
+    -- usage is already over the max (a reload lowered it): the ids in the window
+    -- with the response's are still too many, as the memory backend says.
+    if s.td and ((want_old and #ids > 0) or (s.md > 0 and s.ud + #ids > s.md)) then
       s.known = true
       for j, sc in ipairs(scores(s.ki)) do
         if sc then s.old[j] = tonumber(sc) else s.old[j] = -1; s.new = s.new + 1 end
@@ -270,33 +305,6 @@ end
 return out
 """
 
-# Undo a committed call in one tag group (see "Atomicity" above).
-# ARGV: token, ts, records, nq, then per quota: requests ('1'), records ('1'),
-#   m, then m pairs (id digest, previous score or -1). KEYS as for SCRIPT.
-UNDO: Final = r"""
-local token, ts, n = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local p = 5
-for q = 1, tonumber(ARGV[4]) do
-  local kq, ke, ki, kn = KEYS[(q-1)*4+1], KEYS[(q-1)*4+2], KEYS[(q-1)*4+3], KEYS[(q-1)*4+4]
-  if ARGV[p] == '1' then redis.call('ZREM', kq, token) end
-  if ARGV[p + 1] == '1' and redis.call('ZREM', ke, token .. ':' .. n) == 1 then
-    redis.call('DECRBY', kn, n)
-  end
-  local m = tonumber(ARGV[p + 2])
-  p = p + 3
-  for j = 1, m do
-    local id, old = ARGV[p], ARGV[p + 1]
-    p = p + 2
-    local sc = redis.call('ZSCORE', ki, id)
-    if sc and tonumber(sc) == ts then
-      if old == '-1' then redis.call('ZREM', ki, id) else redis.call('ZADD', ki, old, id) end
-    end
-  end
-end
-return 1
-"""
-
 SCRIPT_SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
-UNDO_SHA: Final = hashlib.sha1(UNDO.encode()).hexdigest()
 # Integers per quota in SCRIPT's reply.
 PER_QUOTA: Final = 14

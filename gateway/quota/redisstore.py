@@ -61,10 +61,17 @@ the other in a fixed order (one round trip each); if a later group blocks, the
 earlier groups' writes are undone (the request token and the event are removed
 by their unique member; refreshed ids get their previous last-seen back unless
 someone touched them since), and the remaining groups are only read, so the
-decision and ``Retry-After`` still cover every quota. Between the write and the
-undo another call may see the extra usage: an over-count, never an
+decision and ``Retry-After`` still cover every quota. The undo is the script's
+``u`` mode (one more round trip, on a refusal only): it takes the write back and
+then reads the group as a dry call would, so the usage, resets and holds
+reported for it are those of the state as it is after the undo — what the memory
+backend, which never wrote, reports. Patching the first reply instead is not
+enough: its resets and holds describe the written state, and without the
+holds a caller already at a limit would no longer be held. Between the write
+and the undo another call may see the extra usage: an over-count, never an
 under-count. Only the last group announces, carrying the earlier groups' holds
-when everything was kept, so an undone write is never announced.
+when everything was kept, so an undone write is never announced; an undo
+announces the holds of the state it leaves.
 
 Connection: one pipelined connection per backend (``gateway.quota.resp``), no
 pool: calls are written as they come (those of one event-loop turn in one
@@ -100,7 +107,7 @@ from gateway.quota.engine import (
     to_ms,
 )
 from gateway.quota.holds import Holds
-from gateway.quota.lua import PER_QUOTA, SCRIPT, SCRIPT_SHA, UNDO, UNDO_SHA
+from gateway.quota.lua import PER_QUOTA, SCRIPT, SCRIPT_SHA
 from gateway.quota.resp import Connection, ReplyError, pack
 from gateway.rules.model import Quota
 
@@ -190,16 +197,6 @@ class RedisBackend:
             # Not cached (server restart, SCRIPT FLUSH): EVAL runs and caches it.
             return await self._conn.send(pack(["EVAL", text, *head], digests))
 
-    async def _call(
-        self,
-        sha: str,
-        text: str,
-        keys: list[str],
-        args: list[Any],
-        digests: Sequence[bytes] = (),
-    ) -> Any:
-        return await self._guarded(self._script(sha, text, keys, args, digests))
-
     async def _run(
         self,
         mode: str,
@@ -207,7 +204,7 @@ class RedisBackend:
         buckets: Sequence[Bucket],
         now: float | None,
         token: str,
-        records: int | None,
+        tail: list[Any],
         digests: Sequence[bytes],
         *,
         dry: bool,
@@ -234,9 +231,8 @@ class RedisBackend:
             lim = q.limits
             args += [q.window_ms, int(tr), int(td), int(tq)]
             args += [lim.get("records", 0), lim.get("distinct", 0), lim.get("requests", 0)]
-        if records is not None:
-            args.append(records)
-        reply = await self._call(SCRIPT_SHA, SCRIPT, keys, args, digests)
+        args += tail
+        reply = await self._guarded(self._script(SCRIPT_SHA, SCRIPT, keys, args, digests))
         allowed, ts = bool(reply[0]), int(reply[1])
         obs: list[Observation] = []
         for i in range(len(quotas)):
@@ -275,7 +271,7 @@ class RedisBackend:
         sent = time.monotonic() if now is None else now
         # Unique log member for this call: this backend's random origin and a counter.
         token = f"{self._origin}{next(self._calls):x}"
-        counted = records if mode == "a" else None
+        tail = [records] if mode == "a" else []
         groups: dict[str, list[int]] = {}
         for i, b in enumerate(buckets):
             groups.setdefault(b.tag, []).append(i)
@@ -286,7 +282,7 @@ class RedisBackend:
                 buckets,
                 now,
                 token,
-                counted,
+                tail,
                 digests,
                 dry=False,
                 want_old=False,
@@ -317,7 +313,7 @@ class RedisBackend:
                 bs,
                 now,
                 token,
-                counted,
+                tail,
                 digests,
                 dry=blocked,
                 want_old=mode == "a",
@@ -329,8 +325,8 @@ class RedisBackend:
             if not allowed and not blocked:
                 blocked = True
                 for done, done_ts, done_olds in committed:
-                    await self._rollback(
-                        quotas, buckets, obs, done, done_ts, done_olds, token, records, digests
+                    await self._undo(
+                        quotas, buckets, obs, done, done_ts, done_olds, token, records, digests, now
                     )
             elif not blocked:
                 committed.append((idx, ts, olds))
@@ -347,7 +343,7 @@ class RedisBackend:
         self._holds.learn(quotas, buckets, decision, sent)
         return decision
 
-    async def _rollback(
+    async def _undo(
         self,
         quotas: Sequence[Quota],
         buckets: Sequence[Bucket],
@@ -358,26 +354,26 @@ class RedisBackend:
         token: str,
         records: int,
         digests: Sequence[bytes],
+        now: float | None,
     ) -> None:
-        keys: list[str] = []
-        args: list[Any] = [token, ts, records, len(idx)]
+        """Take back one group's committed write (``idx``, written at ``ts``) and put in
+        ``obs`` what the script then reports: usage, resets and holds of the state as it
+        is after the undo, which is what a call that never wrote reports (memory's)."""
+        tail: list[Any] = [ts, records]
         for pos, i in enumerate(idx):
-            keys += self.keys(buckets[i])
             o = obs[i]
             assert o is not None
-            added = dict(o.added)
-            args += [int("requests" in added), int("records" in added)]
+            tail += [int("requests" in o.added), int("records" in o.added)]
             prev = olds[pos] if olds and quotas[i].tracks[1] else []
-            args.append(len(prev))
+            tail.append(len(prev))
             for d, old in zip(digests, prev, strict=False):
-                args += [d, old]
-            # Report usage as it is after the undo; the holds were computed with the
-            # undone write and are dropped (a hold must never outlast the block).
-            for m, n in added.items():
-                o.used[m] -= n
-            o.added.clear()
-            o.hold_ms.clear()
-        await self._call(UNDO_SHA, UNDO, keys, args)
+                tail += [d, old]
+        qs, bs = [quotas[i] for i in idx], [buckets[i] for i in idx]
+        _, _, got, _ = await self._run(
+            "u", qs, bs, now, token, tail, (), dry=True, want_old=False, publish=True
+        )
+        for i, o in zip(idx, got, strict=True):
+            obs[i] = o
 
     def buckets(self, quotas: Sequence[Quota], parts: KeyParts) -> tuple[Bucket, ...]:
         return self._keyer.buckets(quotas, parts)

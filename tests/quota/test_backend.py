@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.quota import KeyParts, QuotaBackend, ratelimit_headers
+from gateway.quota import Decision, KeyParts, QuotaBackend, QuotaUsage, ratelimit_headers
 from gateway.quota.engine import Bucket
 from gateway.rules.model import Quota
 
@@ -230,6 +230,105 @@ async def test_a_block_in_one_key_group_undoes_the_other(backend: QuotaBackend) 
     # x was refreshed at t=30 by the refused call in the first group, then put back:
     d = await backend.precheck(qs, alice, now=60)
     assert (d.usage["ip"].used_records, d.usage["ip"].used_distinct) == (0, 0)
+
+
+async def test_a_call_refused_by_one_key_group_reports_the_other_as_it_is(
+    backend: QuotaBackend,
+) -> None:
+    # The address group is decided (and, in Redis, written and undone) before the
+    # subject group refuses: its usage, resets and hold are those of the state the
+    # refused call left, as if it had never been written.
+    sub = quota("sub", per="subject", window=60, max_distinct=2)
+    ip = quota("ip", per="client_ip", window=30, max_distinct=10, max_requests=1, alert_distinct=2)
+    qs = (sub, ip)
+    alice = backend.buckets(qs, ALICE)
+    assert (await backend.precheck(qs, alice, now=0)).allowed  # the address's one request
+    assert (await backend.account(qs, alice, 1, ["a"], now=0)).allowed
+    assert (await backend.account(qs, alice, 1, ["b"], now=6)).allowed
+    # c would be a third customer for the subject; for the address it would refresh a
+    # (the oldest, seen at 0) and move its reset to b's, 23 s.
+    d = await backend.account(qs, alice, 2, ["a", "c"], now=13)
+    ip_usage = QuotaUsage(
+        "ip",
+        30,
+        ip.limits,
+        {"distinct": 2, "requests": 1},
+        ("distinct",),
+        (),
+        {"distinct": 17, "requests": 17},
+        True,
+        {"requests": 17_000},
+    )
+    sub_usage = QuotaUsage("sub", 60, sub.limits, {"distinct": 2}, (), (), {"distinct": 47}, False)
+    # Retry: b, the oldest customer not in the response, leaves the subject's window at 66.
+    assert d == Decision(False, {"sub": sub_usage, "ip": ip_usage}, "sub", "distinct", 53)
+    assert ratelimit_headers(d) == {
+        "RateLimit-Policy": '"sub";q=2;w=60;qu="distinct-customers"',
+        "RateLimit": '"sub";r=0;t=53',
+    }
+    # The address's request hold (until 30) survives the refused call.
+    held = backend.held(qs, alice, now=14)
+    assert held == Decision(
+        False,
+        {
+            "ip": QuotaUsage(
+                "ip",
+                30,
+                ip.limits,
+                ip_usage.used,
+                ("distinct",),
+                (),
+                {},
+                True,
+                {"requests": 16_000},
+            )
+        },
+        "ip",
+        "requests",
+        16,
+    )
+
+
+async def test_an_undone_first_write_leaves_no_reset(backend: QuotaBackend) -> None:
+    # Nothing counted for the address before: a refused call leaves nothing to reset.
+    qs = (
+        quota("ip", per="client_ip", window=30, alert_records=1, alert_requests=1),
+        quota("sub", per="subject", window=60, max_records=1, max_requests=1),
+    )
+    alice = backend.buckets(qs, ALICE)
+    d = await backend.account(qs, alice, 2, ["a"], now=0)
+    assert (d.allowed, d.quota, d.metric, d.retry_after) == (False, "sub", "records", 60)
+    assert (dict(d.usage["ip"].used), dict(d.usage["ip"].reset)) == (
+        {"records": 0, "requests": 0},
+        {},
+    )
+    assert (d.usage["ip"].alert, d.usage["ip"].crossed) == ((), ())
+    assert (await backend.precheck(qs, alice, now=1)).allowed
+    d = await backend.precheck(qs, alice, now=2)
+    assert (d.allowed, d.quota, d.metric, d.retry_after) == (False, "sub", "requests", 59)
+    assert dict(d.usage["ip"].used) == {"records": 0, "requests": 1}
+    assert dict(d.usage["ip"].reset) == {"requests": 29}
+    assert ratelimit_headers(d) == {
+        "RateLimit-Policy": '"sub";q=1;w=60',
+        "RateLimit": '"sub";r=0;t=59',
+    }
+
+
+async def test_over_a_lowered_max_distinct_a_response_without_ids_is_refused(
+    backend: QuotaBackend,
+) -> None:
+    # The ids in the window with the response's are too many even when it has none.
+    alice = backend.buckets((quota(max_distinct=3),), ALICE)
+    assert (
+        await backend.account((quota(max_distinct=3),), alice, 3, ["a", "b", "c"], now=0)
+    ).allowed
+    lowered = (quota(max_distinct=1),)  # a reload
+    d = await backend.account(lowered, alice, 1, [], now=10)
+    # Two of the three ids must leave (at 60) before the window holds at most one.
+    assert (d.allowed, d.metric, d.retry_after) == (False, "distinct", 50)
+    assert d.usage["bulk"].used_distinct == 3
+    d = await backend.account(lowered, alice, 1, ["a"], now=11)
+    assert (d.allowed, d.metric, d.retry_after) == (False, "distinct", 49)
 
 
 async def test_empty_response_and_no_quotas(backend: QuotaBackend) -> None:
