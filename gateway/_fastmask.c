@@ -2033,11 +2033,6 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    /* the output is about the size of the input, as for mask() */
-    c.out.obj = PyBytes_FromStringAndSize(NULL, n - pos + 16);
-    if (c.out.obj == NULL) goto done;
-    c.out.p = PyBytes_AS_STRING(c.out.obj);
-    c.out.cap = n - pos + 16;
     Py_ssize_t nrecords = 0;
     int failed = 0;
     for (;;) {
@@ -2067,6 +2062,15 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
         if (end == -2) {
             failed = 1;
             break;
+        }
+        if (c.out.obj == NULL) {
+            /* The output is about the size of the input, as for mask(); made once an
+               element is complete, so feeds of one large unfinished element (that
+               wait for more) do not each allocate its size again. */
+            c.out.obj = PyBytes_FromStringAndSize(NULL, n - i + 16);
+            if (c.out.obj == NULL) goto done;
+            c.out.p = PyBytes_AS_STRING(c.out.obj);
+            c.out.cap = n - i + 16;
         }
         /* the element alone, as mask() sees its slice: nothing outside is read */
         c.s = s + i;
@@ -2111,7 +2115,8 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
         PyList_SET_ITEM(counts, (Py_ssize_t)k, v);
     }
     if (c.out.obj == NULL) {
-        /* buf_grow failed (and freed it): the element was declined, as mask() does */
+        /* no element was complete, or buf_grow failed (and freed it: the element
+           was declined, as mask() does) */
         c.out.obj = PyBytes_FromStringAndSize(NULL, 0);
         if (c.out.obj == NULL) { Py_DECREF(counts); goto done; }
     } else if (_PyBytes_Resize(&c.out.obj, c.out.len) < 0) {
