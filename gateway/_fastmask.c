@@ -28,6 +28,10 @@
  * never depends on which path ran. Declining is the only failure mode: no
  * partial output ever leaves this module.
  *
+ * mask_elements() is the element loop of a streamed records array
+ * (gateway/streaming.py): each complete element masked as mask() masks it
+ * alone, and the separators between them read, in one call per feed.
+ *
  * Transforms are native for drop, redact, keep/reveal, hash (HMAC-SHA256
  * with precomputed pads) and the character masks (keep_ends, the
  * "significant characters" variants of cn_id/bank_card/cn_phone, email).
@@ -1902,43 +1906,37 @@ static PyObject *fm_state_info(PyObject *mod, PyObject *args) {
     return Py_BuildValue("(iii)", p->states[st].outcome, p->states[st].live, p->start);
 }
 
-/* value_end(buffer, pos, final) -> end of the JSON value starting at pos
-   (after whitespace), -1 when the buffer ends first (more is needed), -2 when
-   it is malformed on its face. Brackets and strings only: the value itself is
-   validated when it is masked. */
-static PyObject *fm_value_end(PyObject *mod, PyObject *args) {
-    Py_buffer b;
-    Py_ssize_t pos;
-    int final;
-    if (!PyArg_ParseTuple(args, "y*np", &b, &pos, &final)) return NULL;
-    const unsigned char *s = b.buf;
-    Py_ssize_t n = b.len, i = pos, r = -1;
+/* End of the JSON value starting at pos (after whitespace) in s[0:n), -1 when
+   the buffer ends first (more is needed), -2 when it is malformed on its face.
+   Brackets and strings only: the value itself is validated when it is masked. */
+static Py_ssize_t value_end_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t pos, int final) {
+    Py_ssize_t i = pos;
     if (i < 0) i = n;
     while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
-    if (i >= n) goto out;
+    if (i >= n) return -1;
     if (s[i] == '{' || s[i] == '[' || s[i] == '"') {
         Py_ssize_t depth = 0;
         for (;;) {
-            if (i >= n) goto out;
+            if (i >= n) return -1;
             unsigned char ch = s[i];
             if (ch == '"') {
                 i++;
                 for (;;) {
                     const unsigned char *q = memchr(s + i, '"', (size_t)(n - i));
-                    if (q == NULL) goto out;
+                    if (q == NULL) return -1;
                     Py_ssize_t k = q - s, bs = 0;
                     while (k - 1 - bs >= i && s[k - 1 - bs] == '\\') bs++;
                     i = k + 1;
                     if (bs % 2 == 0) break;
                 }
-                if (depth == 0) { r = i; goto out; }
+                if (depth == 0) return i;
                 continue;
             }
             if (ch == '{' || ch == '[') {
-                if (++depth > 100000) { r = -2; goto out; }
+                if (++depth > 100000) return -2;
             } else if (ch == '}' || ch == ']') {
-                if (--depth < 0) { r = -2; goto out; }
-                if (depth == 0) { r = i + 1; goto out; }
+                if (--depth < 0) return -2;
+                if (depth == 0) return i + 1;
             }
             i++;
         }
@@ -1946,11 +1944,195 @@ static PyObject *fm_value_end(PyObject *mod, PyObject *args) {
     while (i < n && ((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'z') ||
                      s[i] == '-' || s[i] == '+' || s[i] == '.' || s[i] == 'E'))
         i++;
-    if (i == pos || (i < n && s[i] > ' ' && s[i] != ',' && s[i] != ']' && s[i] != '}')) r = -2;
-    else if (i < n || final) r = i;
-out:
+    if (i == pos || (i < n && s[i] > ' ' && s[i] != ',' && s[i] != ']' && s[i] != '}')) return -2;
+    if (i < n || final) return i;
+    return -1;
+}
+
+/* value_end(buffer, pos, final) -> end | -1 | -2 (value_end_at) */
+static PyObject *fm_value_end(PyObject *mod, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t pos;
+    int final;
+    if (!PyArg_ParseTuple(args, "y*np", &b, &pos, &final)) return NULL;
+    Py_ssize_t r = value_end_at(b.buf, b.len, pos, final);
     PyBuffer_Release(&b);
     return PyLong_FromSsize_t(r);
+}
+
+/* The element loop of a streamed records array (gateway/streaming.py), so a
+   stream does not pay a Python round trip per element.
+
+   Where the array stands between calls: */
+enum {
+    EL_FIRST = 0, /* after '[': an element or ']' */
+    EL_NEXT,      /* after ',': an element */
+    EL_AFTER,     /* after an element: ',' or ']' */
+    EL_CLOSED     /* ']' consumed (returned only) */
+};
+
+/* mask_elements(program, records | None, id_key | None, buffer, pos, final, number_type,
+                 array state, records array state, allow, max_depth, index, kept, where)
+   -> (out, pos, index, kept, where, counts, records, ids, failed)
+
+   From pos, every complete element is masked exactly as mask() masks it in
+   element mode over the span value_end() gives it, in the states step() gives
+   element `index` under the array's states; kept elements are written with
+   their ',' separators (kept: how many went out before). It stops when it
+   needs more input (where: the state to resume in, pos: where to resume), at
+   the ']' (EL_CLOSED, pos past it), or at the first element or separator it
+   cannot answer for (failed: 1, out empty, pos meaningless). counts, records
+   and ids cover exactly the elements masked before the stop, as the per-element
+   calls would have added them; a failed element adds nothing. */
+static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
+    Program *prog;
+    PyObject *rec_o, *idk, *number_type;
+    Py_buffer body;
+    Py_ssize_t pos;
+    int final, ms_arr, rs_arr, allow, max_depth, where;
+    long long index;
+    Py_ssize_t kept;
+    if (!PyArg_ParseTuple(args, "O!OOy*npOiipiLni", &ProgramType, &prog, &rec_o, &idk, &body,
+                          &pos, &final, &number_type, &ms_arr, &rs_arr, &allow, &max_depth,
+                          &index, &kept, &where))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t *total = NULL;
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    if (ms_arr < -1 || ms_arr >= prog->nstates || pos < 0 || pos > body.len || index < 0 ||
+        kept < 0 || where < EL_FIRST || where > EL_AFTER) {
+        PyErr_SetString(PyExc_ValueError, "mask_elements: argument out of range");
+        goto done;
+    }
+    if (rec_o != Py_None) {
+        if (!PyObject_TypeCheck(rec_o, &ProgramType) || !PyBytes_Check(idk)) {
+            PyErr_SetString(PyExc_TypeError, "mask_elements: records program needs an id key");
+            goto done;
+        }
+        c.rec = (Program *)rec_o;
+        c.id_key = PyBytes_AS_STRING(idk);
+        c.id_len = PyBytes_GET_SIZE(idk);
+        if (rs_arr < -1 || rs_arr >= c.rec->nstates) {
+            PyErr_SetString(PyExc_ValueError, "mask_elements: records state out of range");
+            goto done;
+        }
+    }
+    c.max_depth = max_depth;
+    c.prog = prog;
+    c.number_type = number_type;
+    const unsigned char *s = body.buf;
+    Py_ssize_t n = body.len, i = pos;
+    size_t nc = (size_t)prog->nactions + 1;
+    /* counts of the element being masked (c.counts), added to total once it
+       is through: a failed element must count nothing */
+    c.counts = PyMem_Calloc(nc, sizeof(Py_ssize_t));
+    total = PyMem_Calloc(nc, sizeof(Py_ssize_t));
+    c.ids = PyList_New(0);
+    if (c.counts == NULL || total == NULL || c.ids == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t nrecords = 0;
+    int failed = 0;
+    for (;;) {
+        while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
+        if (i >= n) break; /* more input needed, in the same state */
+        if (where == EL_AFTER) {
+            if (s[i] == ',') {
+                i++;
+                where = EL_NEXT;
+                continue;
+            }
+            if (s[i] == ']') {
+                i++;
+                where = EL_CLOSED;
+                break;
+            }
+            failed = 1;
+            break;
+        }
+        if (where == EL_FIRST && s[i] == ']') {
+            i++;
+            where = EL_CLOSED;
+            break;
+        }
+        Py_ssize_t end = value_end_at(s, n, i, final);
+        if (end == -1) break;
+        if (end == -2) {
+            failed = 1;
+            break;
+        }
+        if (c.out.obj == NULL) {
+            /* The output is about the size of the input, as for mask(); made once an
+               element is complete, so feeds of one large unfinished element (that
+               wait for more) do not each allocate its size again. */
+            c.out.obj = PyBytes_FromStringAndSize(NULL, n - i + 16);
+            if (c.out.obj == NULL) goto done;
+            c.out.p = PyBytes_AS_STRING(c.out.obj);
+            c.out.cap = n - i + 16;
+        }
+        /* the element alone, as mask() sees its slice: nothing outside is read */
+        c.s = s + i;
+        c.n = end - i;
+        c.i = 0;
+        c.depth = 0;
+        memset(c.counts, 0, nc * sizeof(Py_ssize_t));
+        Py_ssize_t save = c.out.len, nids = PyList_GET_SIZE(c.ids), nrec = c.nrecords;
+        int ms = ms_arr < 0 ? -1 : lookup_idx(&prog->states[ms_arr], index);
+        int rs = c.rec != NULL && rs_arr >= 0 ? lookup_idx(&c.rec->states[rs_arr], index) : -1;
+        int rc = DECLINE;
+        if (kept == 0 || buf_byte(&c.out, ',') == 0) {
+            rc = parse_value(&c, ms, allow, 1, rs);
+            if (rc != DECLINE) {
+                skip_ws(&c);
+                if (c.i != c.n) rc = DECLINE;
+            }
+        }
+        if (c.error) goto done; /* a Python exception is set (memory) */
+        if (rc == DECLINE) {
+            if (PyErr_Occurred()) PyErr_Clear();
+            c.out.len = save;
+            c.nrecords = nrec;
+            if (PyList_SetSlice(c.ids, nids, PyList_GET_SIZE(c.ids), NULL) < 0) goto done;
+            failed = 1;
+            break;
+        }
+        for (size_t k = 0; k < nc; k++) total[k] += c.counts[k];
+        if (rc == DROPPED) c.out.len = save;
+        else kept++;
+        index++;
+        i = end;
+        where = EL_AFTER;
+    }
+    nrecords = c.nrecords;
+    if (failed) c.out.len = 0; /* nothing of a failed call goes out */
+    PyObject *counts = PyList_New((Py_ssize_t)nc);
+    if (counts == NULL) goto done;
+    for (size_t k = 0; k < nc; k++) {
+        PyObject *v = PyLong_FromSsize_t(total[k]);
+        if (v == NULL) { Py_DECREF(counts); goto done; }
+        PyList_SET_ITEM(counts, (Py_ssize_t)k, v);
+    }
+    if (c.out.obj == NULL) {
+        /* no element was complete, or buf_grow failed (and freed it: the element
+           was declined, as mask() does) */
+        c.out.obj = PyBytes_FromStringAndSize(NULL, 0);
+        if (c.out.obj == NULL) { Py_DECREF(counts); goto done; }
+    } else if (_PyBytes_Resize(&c.out.obj, c.out.len) < 0) {
+        Py_DECREF(counts);
+        goto done;
+    }
+    result = Py_BuildValue("(OnLniNnOi)", c.out.obj, i, index, kept, where, counts, nrecords,
+                           c.ids, failed); /* N: steals counts */
+done:
+    Py_XDECREF(c.out.obj);
+    PyMem_Free(c.tmp.p);
+    PyMem_Free(c.counts);
+    PyMem_Free(total);
+    Py_XDECREF(c.ids);
+    PyBuffer_Release(&body);
+    return result;
 }
 
 static PyObject *fm_hmac_hex(PyObject *mod, PyObject *args) {
@@ -2021,6 +2203,9 @@ static PyMethodDef methods[] = {
     {"step", fm_step, METH_VARARGS, "step(program, state, name | index) -> state"},
     {"state_info", fm_state_info, METH_VARARGS, "state_info(program, state) -> (outcome, live, start)"},
     {"value_end", fm_value_end, METH_VARARGS, "value_end(buffer, pos, final) -> end | -1 | -2"},
+    {"mask_elements", fm_mask_elements, METH_VARARGS,
+     "mask_elements(program, records, id_key, buffer, pos, final, number_type, array_state,"
+     " records_array_state, allow, max_depth, index, kept, where) -> tuple"},
     {"hmac_hex", fm_hmac_hex, METH_VARARGS, "HMAC-SHA256 from key pads (tests)"},
     {NULL, NULL, 0, NULL}};
 

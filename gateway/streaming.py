@@ -13,6 +13,10 @@ its exact quota semantics). Then:
   of the array are masked one at a time by the native pass, starting in the
   automaton state of their position: the bytes written are exactly what the
   buffered path would write for the whole body;
+* the elements a feed completes are masked in one native call
+  (``_fastmask.mask_elements``: each exactly as ``mask`` masks it alone, in the
+  states ``step`` gives its index), which also reads the ``,`` and ``]`` between
+  them; the envelope stays here;
 * memory is bounded by the largest single element or envelope member, which is
   capped by ``limits.max_response_body`` like a buffered body;
 * anything the buffered path would reject (invalid JSON, a truncated body) —
@@ -49,6 +53,11 @@ _WS: Final = b" \t\r\n"
 # Distinct record ids a stream remembers for the audit record (memory stays bounded
 # however many records pass); every id still reaches the quota accounting.
 ID_CAP: Final = 10_000
+# Where the records array stands between feeds, as _fastmask.mask_elements numbers it
+# (after '[', after ',', after an element; it answers _CLOSED once past the ']').
+_WHERE: Final = {"elements": 0, "element": 1, "after_element": 2}
+_STATE: Final = ("elements", "element", "after_element")
+_CLOSED: Final = 3
 
 
 class NotStreamable(Exception):
@@ -190,6 +199,11 @@ class RecordStream:
         if got is None:
             raise StreamError("invalid_json")  # or a shape only the reference can answer for
         out, counts, n, ids, dropped = got
+        self._account(counts, n, ids)
+        return None if dropped else out
+
+    def _account(self, counts: list[int], n: int, ids: list[str]) -> None:
+        """Add what the native pass counted: fields, records, and ids new to the stream."""
         for i, c in enumerate(counts):
             if c:
                 self.counts[i] += c
@@ -197,12 +211,11 @@ class RecordStream:
             self.records += n
             self._new_records += n
             known = self._ids
-            for i in ids:
-                if i not in known:
-                    self._new_ids.append(i)
+            for rid in ids:
+                if rid not in known:
+                    self._new_ids.append(rid)
                     if len(known) < ID_CAP:
-                        known[i] = None
-        return None if dropped else out
+                        known[rid] = None
 
     def _run(self, final: bool) -> bytes:
         out: list[bytes] = []
@@ -298,41 +311,42 @@ class RecordStream:
                     self._state = "end"
                 else:
                     raise StreamError("invalid_json")
-            elif state in ("elements", "element"):
-                if state == "elements" and c == ord("]"):
-                    self._pos += 1
-                    self._close_array(out)
-                    continue
-                span = self._value(final)
-                if span is None:
-                    break
-                j = self._index
-                self._index += 1
-                masked = self._mask(
-                    span[0],
-                    span[1],
-                    fm.step(self._prog, self._arr, j),
-                    fm.step(self._rec, self._rarr, j),
+            elif state in _WHERE:
+                # Every complete element from here, in one native call (module docs).
+                got = fm.mask_elements(
+                    self._prog,
+                    self._rec,
+                    self._id_key,
+                    buf,
+                    self._pos,
+                    final,
+                    Number,
+                    self._arr,
+                    self._rarr,
                     self._el_allow,
                     self._el_depth,
+                    self._index,
+                    self._kept,
+                    _WHERE[state],
                 )
-                self._pos = span[1]
-                if masked is not None:
+                masked, pos, index, kept, where, counts, n, ids, failed = got
+                # What was masked before a failure still counts, as element by element.
+                self._account(counts, n, ids)
+                if failed:
+                    raise StreamError("invalid_json")  # or declined: nothing of it goes out
+                self._pos, self._index = pos, index
+                if kept > self._kept:
                     if self._pending:
                         out.append(self._pending)
                         self._pending = b""
                         self._members_out += 1
-                    out.append(b"," + masked if self._kept else masked)
-                    self._kept += 1
-                self._state = "after_element"
-            elif state == "after_element":
-                self._pos += 1
-                if c == ord(","):
-                    self._state = "element"
-                elif c == ord("]"):
+                    self._kept = kept
+                out.append(masked)
+                if where == _CLOSED:
                     self._close_array(out)
-                else:
-                    raise StreamError("invalid_json")
+                    continue
+                self._state = _STATE[where]
+                break  # more input is needed
         return b"".join(out)
 
     def _close_array(self, out: list[bytes]) -> None:
