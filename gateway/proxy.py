@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from functools import lru_cache
 
 import aiohttp
 from aiohttp import web
@@ -85,7 +86,11 @@ def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
     if principal is not None:
         own.append((cfg.identity_headers.clearance, principal.level_name))
     own.extend(ex.route.upstream.config.headers.items())
-    headers = upstream_request_headers(
+    policy = ex.route.policy is not None
+    if policy:
+        # Ask for no compression: the body is decoded (capped) anyway if it comes compressed.
+        own.append(("Accept-Encoding", "identity"))
+    return upstream_request_headers(
         ex.request.headers,
         # Each hop appends the peer it heard from (the chain's own convention).
         client_ip=ex.peer,
@@ -93,23 +98,31 @@ def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
         proto=ex.request.scheme,
         host=ex.request.headers.get("Host"),
         set_headers=own,
-        # Inbound copies of identity headers go even when the gateway sets none; the
-        # caller's token goes unless the route forwards it (static upstream credentials,
-        # set after stripping, are the gateway's own and stay).
-        strip=(
+        strip=_strip(
             cfg.identity_headers.subject,
             cfg.identity_headers.clearance,
-            *(() if ex.route.config.forward_token else ("Authorization",)),
+            ex.route.config.forward_token,
+            policy,
         ),
     )
-    if ex.route.policy is not None:
-        # The caller must only ever get a whole body that the policy has seen:
-        # no partial content, no "not modified" against an unmasked validator.
-        for name in POLICY_STRIPPED_REQUEST_HEADERS:
-            headers.popall(name, None)
-        # Ask for no compression: the body is decoded (capped) anyway if it comes compressed.
-        headers["Accept-Encoding"] = "identity"
-    return headers
+
+
+@lru_cache(maxsize=64)
+def _strip(subject: str, clearance: str, forward_token: bool, policy: bool) -> tuple[str, ...]:
+    """Inbound headers that never go upstream on such a route (the same few per route).
+
+    Inbound copies of identity headers go even when the gateway sets none; the
+    caller's token goes unless the route forwards it (static upstream credentials,
+    set after stripping, are the gateway's own and stay). On a policy route the
+    caller must only ever get a whole body that the policy has seen: no partial
+    content, no "not modified" against an unmasked validator.
+    """
+    return (
+        subject,
+        clearance,
+        *(() if forward_token else ("Authorization",)),
+        *(POLICY_STRIPPED_REQUEST_HEADERS if policy else ()),
+    )
 
 
 # Routes without a policy relay bodies up to this size (known length) in one write.
