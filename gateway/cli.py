@@ -73,6 +73,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # Each worker loads and compiles the files itself; this load only validated them.
         return supervise(config, args.config, verbose=args.verbose)
+    from gateway.allocator import tune_malloc
+
+    tune_malloc()
     run_loop(lambda: serve(config, compiled))
     return 0
 

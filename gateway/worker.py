@@ -99,6 +99,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         return 1
     config, compiled = loaded
     sockets = [socket.socket(fileno=fd) for fd in args.listen_fd]
+    from gateway.allocator import tune_malloc
+
+    tune_malloc()
     run_loop(
         lambda: _serve_worker(
             config, compiled, sockets, (args.control, token), args.ready_fd, args.parent
