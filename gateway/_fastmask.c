@@ -905,27 +905,47 @@ static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, P
     return keep_ends_sig_n(b, a, s, n, cps, seps, first, last);
 }
 
-/* Code points of valid UTF-8 text, with the byte offset of each (off[n] = len). */
+/* Code points of valid UTF-8 text, with the byte offset of each (off[n] = len).
+   Names and addresses are short: their arrays live in the struct (no
+   allocation), and only text longer than CPS_INLINE bytes (at most that many
+   code points otherwise) goes to the heap. */
+#define CPS_INLINE 96
 typedef struct {
     uint32_t *cp;
     Py_ssize_t *off;
     Py_ssize_t n;
+    uint32_t cp_in[CPS_INLINE];
+    Py_ssize_t off_in[CPS_INLINE + 1];
 } Cps;
 
 static int decode_cps(Cps *d, const char *s, Py_ssize_t len) {
-    d->cp = PyMem_Malloc(sizeof(uint32_t) * (size_t)(len + 1));
-    d->off = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(len + 1));
-    if (d->cp == NULL || d->off == NULL) return -1;
+    if (len <= CPS_INLINE) {
+        d->cp = d->cp_in;
+        d->off = d->off_in;
+    } else {
+        d->cp = PyMem_Malloc(sizeof(uint32_t) * (size_t)(len + 1));
+        d->off = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(len + 1));
+        if (d->cp == NULL || d->off == NULL) return -1;
+    }
     Py_ssize_t i = 0, k = 0;
     while (i < len) {
-        unsigned char b0 = (unsigned char)s[i];
+        const unsigned char *u = (const unsigned char *)s + i;
         uint32_t c;
         int m;
-        if (b0 < 0x80) { c = b0; m = 1; }
-        else if (b0 < 0xE0) { c = b0 & 0x1F; m = 2; }
-        else if (b0 < 0xF0) { c = b0 & 0x0F; m = 3; }
-        else { c = b0 & 0x07; m = 4; }
-        for (int j = 1; j < m; j++) c = (c << 6) | ((unsigned char)s[i + j] & 0x3F);
+        if (u[0] < 0x80) {
+            c = u[0];
+            m = 1;
+        } else if (u[0] < 0xE0) {
+            c = ((uint32_t)(u[0] & 0x1F) << 6) | (u[1] & 0x3F);
+            m = 2;
+        } else if (u[0] < 0xF0) {
+            c = ((uint32_t)(u[0] & 0x0F) << 12) | ((uint32_t)(u[1] & 0x3F) << 6) | (u[2] & 0x3F);
+            m = 3;
+        } else {
+            c = ((uint32_t)(u[0] & 0x07) << 18) | ((uint32_t)(u[1] & 0x3F) << 12) |
+                ((uint32_t)(u[2] & 0x3F) << 6) | (u[3] & 0x3F);
+            m = 4;
+        }
         d->cp[k] = c;
         d->off[k] = i;
         k++;
@@ -937,8 +957,8 @@ static int decode_cps(Cps *d, const char *s, Py_ssize_t len) {
 }
 
 static void free_cps(Cps *d) {
-    PyMem_Free(d->cp);
-    PyMem_Free(d->off);
+    if (d->cp != d->cp_in) PyMem_Free(d->cp);
+    if (d->off != d->off_in) PyMem_Free(d->off);
 }
 
 /* 复姓: pairs of code points, sorted, set once by set_surnames(). */
@@ -1005,12 +1025,26 @@ static const uint32_t NOT_UNIT[] = {0x7701, 0x5E02, 0x533A, 0x53BF, 0x65D7, 0x95
                                     0x680B, 0x697C, 0x5BA4, 0x5355, 0x5143, 0x5E62, 0x5EA7,
                                     0x5C42, '#', ',', 0xFF0C};
 
-static int is_unit(uint32_t c) {
-    if (Py_UNICODE_ISSPACE(c) || Py_UNICODE_ISDECIMAL(c)) return 0;
-    if ((c >= '0' && c <= '9') || (c >= 0xFF10 && c <= 0xFF19)) return 0;
+static int not_unit_slow(uint32_t c) {
+    if (Py_UNICODE_ISSPACE(c) || Py_UNICODE_ISDECIMAL(c)) return 1;
+    if ((c >= '0' && c <= '9') || (c >= 0xFF10 && c <= 0xFF19)) return 1;
     for (size_t i = 0; i < sizeof NOT_UNIT / sizeof NOT_UNIT[0]; i++)
-        if (NOT_UNIT[i] == c) return 0;
-    return 1;
+        if (NOT_UNIT[i] == c) return 1;
+    return 0;
+}
+
+/* not_unit_slow for the BMP, a bit per code point, filled at import from the
+   running Python's Unicode database (about a millisecond). */
+static unsigned char not_unit_bmp[0x10000 / 8];
+
+static void init_units(void) {
+    for (uint32_t c = 0; c < 0x10000; c++)
+        if (not_unit_slow(c)) not_unit_bmp[c >> 3] |= (unsigned char)(1u << (c & 7));
+}
+
+static inline int is_unit(uint32_t c) {
+    if (c < 0x10000) return !((not_unit_bmp[c >> 3] >> (c & 7)) & 1);
+    return !not_unit_slow(c);
 }
 
 static int cps_at(const Cps *d, Py_ssize_t pos, const uint32_t *lit, int n) {
@@ -2215,6 +2249,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "gateway._fastmask",
 
 PyMODINIT_FUNC PyInit__fastmask(void) {
     if (PyType_Ready(&ProgramType) < 0) return NULL;
+    init_units();
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL) return NULL;
 #ifdef HAVE_SHA_NI_CODE

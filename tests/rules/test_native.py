@@ -219,6 +219,45 @@ def test_presets_match_the_reference(preset_plan: Plan, text: str) -> None:
     agree(preset_plan, body, must_answer=True)
 
 
+def test_names_and_addresses_past_the_inline_buffer(preset_plan: Plan) -> None:
+    """cn_name and address decode short text into buffers of their own and longer text
+    (more than 96 bytes) into the heap: the same masks on both sides of the boundary."""
+    for k in [*range(55, 80), 200, 1000]:
+        for text in (
+            "广东省深圳市南山区" + "a" * k,  # 27 bytes of province, city, district
+            "广东省深圳市南山区" + "科技园路" * (k // 12) + "1" * (k % 12),
+            "新疆维吾尔自治区乌鲁木齐市天山区" + "中" * (k // 3) + "x" * (k % 3),
+            "欧阳" + "a" * (k + 30),
+            "张" * (k // 3) + "é" * (k % 3),
+            "Jean-Luc " * (k // 9) + "z" * (k % 9),
+            "𠀀" * (k // 4) + "a" * (k % 4),
+        ):
+            agree(preset_plan, orjson.dumps({"address": text, "cn_name": text}), must_answer=True)
+
+
+def test_address_units_for_every_kind_of_character(preset_plan: Plan) -> None:
+    """The address mask's table of characters that are not part of a unit's name (built
+    from Python's Unicode database at import): every whitespace and decimal character,
+    the street-level characters, their neighbours, and characters beyond the BMP."""
+    special = [c for c in range(0x30000) if chr(c).isspace() or chr(c).isdecimal()]
+    street = [
+        ord(c)
+        for c in "省市区县旗镇乡村路街道巷号弄栋楼室单元幢座层#,，0123456789０１２３４５６７８９"
+    ]
+    chars = sorted({*special, *street, *(c + 1 for c in special), *(c - 1 for c in street)})
+    chars += [0x7F, 0x80, 0xFFFF, 0x10000, 0x20000, 0x2A6D6, 0x10FFFF]
+    for c in chars:
+        if 0xD800 <= c <= 0xDFFF:
+            continue
+        x = chr(c)
+        for text in (
+            x + x + "省" + x + "市" + x + "区路",
+            "广东" + x + "省深" + x + "市南山区",
+            x * 9 + "市",
+        ):
+            agree(preset_plan, orjson.dumps({"address": text}), must_answer=True)
+
+
 @pytest.mark.parametrize(
     "value",
     [0, 7, -7, 12345, -12345, 2**62, -(2**63), 2**63 - 1, 2**64, True, False, None, [1], {}],
