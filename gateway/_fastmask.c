@@ -1526,11 +1526,11 @@ static int parse_container(Ctx *c, int ms, int allow, int emit, int rs) {
                                                : parse_scalar(c, cms, allow, emit);
                 if (v == DECLINE) { rc = DECLINE; break; }
                 if (is_id && vc != '{' && vc != '[') {
-                    int tok = 0, esc2 = 0, is_int;
-                    Ctx probe = *c;
-                    probe.i = va;
-                    scan_scalar(&probe, &tok, &esc2, &is_int);
-                    record_id(c, tok, va, probe.i, esc2);
+                    /* the token parse_scalar just read and validated: s[va:c->i)
+                       (transforms leave c->i); true, false and null are no ids */
+                    int tok = vc == '"' ? '"' : vc == '-' || (vc >= '0' && vc <= '9') ? 'n' : 0;
+                    int esc2 = tok == '"' && memchr(c->s + va + 1, '\\', (size_t)(c->i - va - 2));
+                    record_id(c, tok, va, c->i, esc2);
                     if (c->error) { rc = DECLINE; break; }
                 }
                 in++;

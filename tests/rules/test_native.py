@@ -93,6 +93,19 @@ def test_records_and_ids_come_from_the_body_as_sent(shipped: RuleSet) -> None:
     assert got[1].records.ids == ("7", "c-8")
 
 
+@pytest.mark.parametrize("level", LEVEL_NAMES)
+def test_ids_of_every_kind_of_token(shipped: RuleSet, level: str) -> None:
+    """The id is read from the token the masking pass just parsed (not scanned again)."""
+    ids = [b"7", b"-7", b"1.5e3", b"0", b'"c-8"', b'""', b'"a\\u00e9\\n"', b'"\\"q\\""']
+    ids += [b'"\\\\"', '"张三"'.encode(), b"true", b"false", b"null", b'{"x":1}', b"[1]"]
+    records = [b'{"id":%s,"phone":"13812345678"}' % v for v in ids]
+    records += [b'{ "phone" : 1 , "id" : %s }' % v for v in ids]
+    body = b'{"data":[' + b",".join(records) + b"]}"
+    plan = plan_of(shipped, level, "customer")
+    out = agree(plan, body, must_answer=True)
+    assert out is not None
+
+
 # -- exactness -----------------------------------------------------------------------------
 REDACT_B = policy_yaml('  - {name: b, paths: ["$..b"], level: secret, action: redact}\n')
 
