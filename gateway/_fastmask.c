@@ -2017,7 +2017,8 @@ enum {
    the ']' (EL_CLOSED, pos past it), or at the first element or separator it
    cannot answer for (failed: 1, out empty, pos meaningless). counts, records
    and ids cover exactly the elements masked before the stop, as the per-element
-   calls would have added them; a failed element adds nothing. */
+   calls would have added them; a failed element adds nothing. (How: most
+   elements are parsed once, their end found by the parse; see the loop.) */
 static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
     Program *prog;
     PyObject *rec_o, *idk, *number_type;
@@ -2067,7 +2068,7 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t nrecords = 0;
+    Py_ssize_t nrecords = 0, ndone = 0;
     int failed = 0;
     for (;;) {
         while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
@@ -2091,47 +2092,83 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
             where = EL_CLOSED;
             break;
         }
-        Py_ssize_t end = value_end_at(s, n, i, final);
-        if (end == -1) break;
-        if (end == -2) {
-            failed = 1;
-            break;
+        /* One pass where the element must be complete: it is parsed and masked
+           over the rest of the buffer, and ends where the parse stops. Only an
+           element that may be unfinished (the first of a call that is not final:
+           the one a previous call left waiting, possibly a large one fed in
+           pieces) has its end found first, as before. A container or string
+           that parses ends where value_end_at ends it (its brackets and quotes
+           are those value_end_at matches; depth stays within max_depth), and
+           the parse reads the same bytes as over that slice; one that does not
+           parse is looked at as before: unfinished (-1), malformed (-2), or
+           masked over its slice (which declines again). Scalars: their end
+           depends on what follows and on `final`, so always as before. */
+        unsigned char c0 = s[i];
+        int one_pass = (final || ndone > 0) && (c0 == '{' || c0 == '[' || c0 == '"') &&
+                       max_depth <= 100000;
+        Py_ssize_t end = -1;
+        if (!one_pass) {
+            end = value_end_at(s, n, i, final);
+            if (end == -1) break;
+            if (end == -2) {
+                failed = 1;
+                break;
+            }
         }
         if (c.out.obj == NULL) {
             /* The output is about the size of the input, as for mask(); made once an
-               element is complete, so feeds of one large unfinished element (that
-               wait for more) do not each allocate its size again. */
+               element is complete (or, in one pass, once one has been), so feeds of one
+               large unfinished element (that wait for more) do not each allocate its
+               size again. */
             c.out.obj = PyBytes_FromStringAndSize(NULL, n - i + 16);
             if (c.out.obj == NULL) goto done;
             c.out.p = PyBytes_AS_STRING(c.out.obj);
             c.out.cap = n - i + 16;
         }
-        /* the element alone, as mask() sees its slice: nothing outside is read */
-        c.s = s + i;
-        c.n = end - i;
-        c.i = 0;
-        c.depth = 0;
-        memset(c.counts, 0, nc * sizeof(Py_ssize_t));
-        Py_ssize_t save = c.out.len, nids = PyList_GET_SIZE(c.ids), nrec = c.nrecords;
         int ms = ms_arr < 0 ? -1 : lookup_idx(&prog->states[ms_arr], index);
         int rs = c.rec != NULL && rs_arr >= 0 ? lookup_idx(&c.rec->states[rs_arr], index) : -1;
-        int rc = DECLINE;
-        if (kept == 0 || buf_byte(&c.out, ',') == 0) {
-            rc = parse_value(&c, ms, allow, 1, rs);
-            if (rc != DECLINE) {
-                skip_ws(&c);
-                if (c.i != c.n) rc = DECLINE;
+        Py_ssize_t save = c.out.len, nids = PyList_GET_SIZE(c.ids), nrec = c.nrecords;
+        int rc, more = 0;
+        for (;;) {
+            /* end < 0: over the rest of the buffer; else the element alone, as mask()
+               sees its slice: nothing outside is read */
+            c.s = s + i;
+            c.n = (end < 0 ? n : end) - i;
+            c.i = 0;
+            c.depth = 0;
+            memset(c.counts, 0, nc * sizeof(Py_ssize_t));
+            rc = DECLINE;
+            if (kept == 0 || buf_byte(&c.out, ',') == 0) {
+                rc = parse_value(&c, ms, allow, 1, rs);
+                if (rc != DECLINE) {
+                    if (end < 0) {
+                        end = i + c.i;
+                    } else {
+                        skip_ws(&c);
+                        if (c.i != c.n) rc = DECLINE;
+                    }
+                }
             }
-        }
-        if (c.error) goto done; /* a Python exception is set (memory) */
-        if (rc == DECLINE) {
+            if (c.error) goto done; /* a Python exception is set (memory) */
+            if (rc != DECLINE) break;
             if (PyErr_Occurred()) PyErr_Clear();
             c.out.len = save;
             c.nrecords = nrec;
             if (PyList_SetSlice(c.ids, nids, PyList_GET_SIZE(c.ids), NULL) < 0) goto done;
+            if (end >= 0 || c.out.obj == NULL) break; /* declined over its slice, or out of memory */
+            end = value_end_at(s, n, i, final);
+            if (end == -1) {
+                more = 1;
+                break;
+            }
+            if (end == -2) break;
+        }
+        if (more) break; /* more input needed: nothing of it was kept */
+        if (rc == DECLINE) {
             failed = 1;
             break;
         }
+        ndone++;
         for (size_t k = 0; k < nc; k++) total[k] += c.counts[k];
         if (rc == DROPPED) c.out.len = save;
         else kept++;
