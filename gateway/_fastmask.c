@@ -45,8 +45,10 @@
 #include <math.h>
 #if defined(__GNUC__)
 #define FM_INLINE inline __attribute__((always_inline))
+#define FM_NOINLINE __attribute__((noinline))
 #else
 #define FM_INLINE inline
+#define FM_NOINLINE
 #endif
 
 /* SSE2 is baseline on x86_64; the scalar code stays for everything else.
@@ -240,11 +242,35 @@ static const uint32_t H256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
     RND(b, c, d, e, f, g, h, a, K[15], W(15))
 #define WLOAD(i) (w[i])
 
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FM_LE_GNUC 1
+#endif
+
+static inline uint32_t load_be32(const unsigned char *p) {
+#ifdef FM_LE_GNUC
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return __builtin_bswap32(w);
+#else
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+#endif
+}
+
+static inline void store_be32(unsigned char *p, uint32_t v) {
+#ifdef FM_LE_GNUC
+    v = __builtin_bswap32(v);
+    memcpy(p, &v, 4);
+#else
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+#endif
+}
+
 static void sha256_block(uint32_t st[8], const unsigned char *p) {
     uint32_t w[16];
-    for (int i = 0; i < 16; i++)
-        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) |
-               ((uint32_t)p[4 * i + 2] << 8) | (uint32_t)p[4 * i + 3];
+    for (int i = 0; i < 16; i++) w[i] = load_be32(p + 4 * i);
     uint32_t a = st[0], b = st[1], c = st[2], d = st[3], e = st[4], f = st[5], g = st[6],
              h = st[7];
     ROUNDS16(K256, WLOAD);
@@ -308,30 +334,63 @@ static int cpu_has_sha_ni(void) {
 
 static void (*sha256_compress)(uint32_t st[8], const unsigned char *p) = sha256_block;
 
-/* Continue from `init` (which has absorbed `done` bytes, a multiple of 64)
-   with msg; write the 32-byte digest. */
-static void sha256_finish(const uint32_t init[8], uint64_t done, const unsigned char *msg,
-                          size_t n, unsigned char out[32]) {
+/* HMAC-SHA256 of msg, from the states after the key pads (each has absorbed
+   one block): the digest as eight state words (big-endian bytes in order). The
+   outer hash is one block, the inner digest and its fixed padding (96 bytes in
+   all: 768 bits). */
+static void hmac_sha256(const uint32_t inner[8], const uint32_t outer[8], const unsigned char *msg,
+                        size_t n, uint32_t out[8]) {
     uint32_t st[8];
-    memcpy(st, init, sizeof st);
+    memcpy(st, inner, sizeof st);
     size_t i = 0;
     for (; i + 64 <= n; i += 64) sha256_compress(st, msg + i);
     unsigned char tail[128];
-    size_t r = n - i;
+    size_t r = n - i, total = r < 56 ? 64 : 128;
+    memset(tail, 0, 64);
+    if (total == 128) memset(tail + 64, 0, 64);
     memcpy(tail, msg + i, r);
     tail[r] = 0x80;
-    size_t total = (r + 1 + 8 <= 64) ? 64 : 128;
-    memset(tail + r + 1, 0, total - r - 1);
-    uint64_t bits = (done + (uint64_t)n) * 8;
-    for (int k = 0; k < 8; k++) tail[total - 1 - k] = (unsigned char)(bits >> (8 * k));
+    uint64_t bits = (64 + (uint64_t)n) * 8;
+    store_be32(tail + total - 8, (uint32_t)(bits >> 32));
+    store_be32(tail + total - 4, (uint32_t)bits);
     sha256_compress(st, tail);
     if (total == 128) sha256_compress(st, tail + 64);
-    for (int k = 0; k < 8; k++) {
-        out[4 * k] = (unsigned char)(st[k] >> 24);
-        out[4 * k + 1] = (unsigned char)(st[k] >> 16);
-        out[4 * k + 2] = (unsigned char)(st[k] >> 8);
-        out[4 * k + 3] = (unsigned char)st[k];
-    }
+    unsigned char blk[64];
+    for (int k = 0; k < 8; k++) store_be32(blk + 4 * k, st[k]);
+    memset(blk + 32, 0, 32);
+    blk[32] = 0x80;
+    blk[62] = 0x03; /* 768 = 0x300 */
+    memcpy(out, outer, sizeof st);
+    sha256_compress(out, blk);
+}
+
+/* The eight lowercase hex digits of w, most significant first. */
+static inline void hex8(char *d, uint32_t w) {
+#ifdef FM_LE_GNUC
+    /* a nibble per byte, the first in the top byte; then '0'+n, or 'a'+n-10 where
+       n >= 10 (n + 6 carries into bit 4: no carry leaves a byte) */
+    uint64_t v = w;
+    v = ((v & 0xFFFF0000ULL) << 16) | (v & 0xFFFFULL);
+    v = ((v & 0x0000FF000000FF00ULL) << 8) | (v & 0x000000FF000000FFULL);
+    v = ((v & 0x00F000F000F000F0ULL) << 4) | (v & 0x000F000F000F000FULL);
+    uint64_t letters = ((v + 0x0606060606060606ULL) >> 4) & 0x0101010101010101ULL;
+    v = __builtin_bswap64(v + 0x3030303030303030ULL + letters * 39);
+    memcpy(d, &v, 8);
+#else
+    static const char hex[] = "0123456789abcdef";
+    for (int k = 0; k < 8; k++) d[k] = hex[(w >> (28 - 4 * k)) & 15];
+#endif
+}
+
+/* "h:" and the first `len` (<= 64) hex digits of the HMAC of msg, into h[2 + 64].
+   Not inlined: the masks around its call site stay small. */
+static FM_NOINLINE void hmac_hex(char *h, const uint32_t inner[8], const uint32_t outer[8],
+                     const unsigned char *msg, size_t n, int len) {
+    uint32_t d[8];
+    hmac_sha256(inner, outer, msg, n, d);
+    h[0] = 'h';
+    h[1] = ':';
+    for (int k = 0; 8 * k < len; k++) hex8(h + 2 + 8 * k, d[k]);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1084,7 +1143,7 @@ static const int DIST_LEN[] = {1, 1, 1, 1};
 static const uint32_t NOT_DIST_FIRST[] = {0x5C0F, 0x793E, 0x56ED, 0x6821, 0x666F,
                                           0x5382, 0x8425, 0x8857, 0x7247};
 
-static int address(Buf *b, const Action *a, const char *s, Py_ssize_t len) {
+static FM_INLINE int address(Buf *b, const Action *a, const char *s, Py_ssize_t len) {
     Cps d;
     if (decode_cps(&d, s, len) < 0) { free_cps(&d); return -1; }
     Py_ssize_t pos = admin_unit(&d, 0, 2, PROV_SUF, PROV_LEN, 3);
@@ -1146,15 +1205,8 @@ static int mask_text(Buf *b, const Action *a, const char *s, Py_ssize_t n) {
     case OP_ADDRESS:
         return address(b, a, s, n);
     case OP_HASH: {
-        static const char hex[] = "0123456789abcdef";
-        unsigned char d1[32], d2[32];
         char h[2 + 64];
-        sha256_finish(a->inner, 64, (const unsigned char *)s, (size_t)n, d1);
-        sha256_finish(a->outer, 64, d1, 32, d2);
-        h[0] = 'h';
-        h[1] = ':';
-        for (int k = 0; k < a->hash_len; k++)
-            h[2 + k] = hex[(d2[k / 2] >> ((k % 2) ? 0 : 4)) & 15];
+        hmac_hex(h, a->inner, a->outer, (const unsigned char *)s, (size_t)n, a->hash_len);
         return buf_put(b, h, 2 + a->hash_len);
     }
     }
@@ -2220,12 +2272,9 @@ static PyObject *fm_hmac_hex(PyObject *mod, PyObject *args) {
         memcpy(so, H256, sizeof H256);
         sha256_block(si, ip.buf);
         sha256_block(so, op.buf);
-        unsigned char d1[32], d2[32];
-        sha256_finish(si, 64, msg.buf, (size_t)msg.len, d1);
-        sha256_finish(so, 64, d1, 32, d2);
-        char hex[65];
-        for (int k = 0; k < 32; k++) sprintf(hex + 2 * k, "%02x", d2[k]);
-        r = PyUnicode_FromStringAndSize(hex, 64);
+        char h[2 + 64]; /* the path of the hash action */
+        hmac_hex(h, si, so, msg.buf, (size_t)msg.len, 64);
+        r = PyUnicode_FromStringAndSize(h + 2, 64);
         sha256_compress = saved;
     } else {
         PyErr_SetString(PyExc_ValueError, "pads must be 64 bytes");

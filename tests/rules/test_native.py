@@ -170,10 +170,27 @@ def test_declines_plans_that_need_the_evaluator(rule_dir: RuleDir) -> None:
 def test_hash_is_hmac_sha256() -> None:
     key = b"k" * 70  # longer than a block: hashed first, as RFC 2104 says
     inner, outer = _pads(key)
-    for msg in (b"", b"a", "张三".encode(), b"x" * 55, b"x" * 56, b"x" * 64, b"y" * 200):
+    lengths = (0, 1, 31, 32, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 200)
+    for msg in (b"", b"a", "张三".encode(), *(bytes(range(n)) for n in lengths), b"y" * 200):
         expected = hmac.new(key, msg, sha256).hexdigest()
         assert _fastmask.hmac_hex(inner, outer, msg) == expected  # SHA extensions when present
         assert _fastmask.hmac_hex(inner, outer, msg, True) == expected  # portable C
+
+
+def test_hash_of_every_length(tmp_path_factory: Any) -> None:
+    """The hash action's digits, 8 to 64 of them, for values around the block sizes."""
+    d = tmp_path_factory.mktemp("rules")
+    rules = "".join(
+        f'  - {{name: h{k}, paths: ["$.h{k}"], level: secret, action: {{hash: {{length: {k}}}}}}}\n'
+        for k in range(8, 65)
+    )
+    (d / "levels.yaml").write_text(LEVELS, encoding="utf-8")
+    (d / "p.yaml").write_text(policy_yaml(rules), encoding="utf-8")
+    plan = plan_of(load_rules(d, hash_key=KEY), "public")
+    for n in (0, 1, 54, 55, 56, 57, 63, 64, 65, 118, 119, 120, 200):
+        for value in ("é" * (n // 2) + "x" * (n % 2), n, True, None):
+            doc = {f"h{k}": value for k in range(8, 65)}
+            agree(plan, orjson.dumps(doc), must_answer=True)
 
 
 # -- presets, native against the Python functions ----------------------------------------------
