@@ -45,8 +45,10 @@
 #include <math.h>
 #if defined(__GNUC__)
 #define FM_INLINE inline __attribute__((always_inline))
+#define FM_NOINLINE __attribute__((noinline))
 #else
 #define FM_INLINE inline
+#define FM_NOINLINE
 #endif
 
 /* SSE2 is baseline on x86_64; the scalar code stays for everything else.
@@ -240,11 +242,35 @@ static const uint32_t H256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
     RND(b, c, d, e, f, g, h, a, K[15], W(15))
 #define WLOAD(i) (w[i])
 
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FM_LE_GNUC 1
+#endif
+
+static inline uint32_t load_be32(const unsigned char *p) {
+#ifdef FM_LE_GNUC
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return __builtin_bswap32(w);
+#else
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+#endif
+}
+
+static inline void store_be32(unsigned char *p, uint32_t v) {
+#ifdef FM_LE_GNUC
+    v = __builtin_bswap32(v);
+    memcpy(p, &v, 4);
+#else
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+#endif
+}
+
 static void sha256_block(uint32_t st[8], const unsigned char *p) {
     uint32_t w[16];
-    for (int i = 0; i < 16; i++)
-        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) |
-               ((uint32_t)p[4 * i + 2] << 8) | (uint32_t)p[4 * i + 3];
+    for (int i = 0; i < 16; i++) w[i] = load_be32(p + 4 * i);
     uint32_t a = st[0], b = st[1], c = st[2], d = st[3], e = st[4], f = st[5], g = st[6],
              h = st[7];
     ROUNDS16(K256, WLOAD);
@@ -308,30 +334,63 @@ static int cpu_has_sha_ni(void) {
 
 static void (*sha256_compress)(uint32_t st[8], const unsigned char *p) = sha256_block;
 
-/* Continue from `init` (which has absorbed `done` bytes, a multiple of 64)
-   with msg; write the 32-byte digest. */
-static void sha256_finish(const uint32_t init[8], uint64_t done, const unsigned char *msg,
-                          size_t n, unsigned char out[32]) {
+/* HMAC-SHA256 of msg, from the states after the key pads (each has absorbed
+   one block): the digest as eight state words (big-endian bytes in order). The
+   outer hash is one block, the inner digest and its fixed padding (96 bytes in
+   all: 768 bits). */
+static void hmac_sha256(const uint32_t inner[8], const uint32_t outer[8], const unsigned char *msg,
+                        size_t n, uint32_t out[8]) {
     uint32_t st[8];
-    memcpy(st, init, sizeof st);
+    memcpy(st, inner, sizeof st);
     size_t i = 0;
     for (; i + 64 <= n; i += 64) sha256_compress(st, msg + i);
     unsigned char tail[128];
-    size_t r = n - i;
+    size_t r = n - i, total = r < 56 ? 64 : 128;
+    memset(tail, 0, 64);
+    if (total == 128) memset(tail + 64, 0, 64);
     memcpy(tail, msg + i, r);
     tail[r] = 0x80;
-    size_t total = (r + 1 + 8 <= 64) ? 64 : 128;
-    memset(tail + r + 1, 0, total - r - 1);
-    uint64_t bits = (done + (uint64_t)n) * 8;
-    for (int k = 0; k < 8; k++) tail[total - 1 - k] = (unsigned char)(bits >> (8 * k));
+    uint64_t bits = (64 + (uint64_t)n) * 8;
+    store_be32(tail + total - 8, (uint32_t)(bits >> 32));
+    store_be32(tail + total - 4, (uint32_t)bits);
     sha256_compress(st, tail);
     if (total == 128) sha256_compress(st, tail + 64);
-    for (int k = 0; k < 8; k++) {
-        out[4 * k] = (unsigned char)(st[k] >> 24);
-        out[4 * k + 1] = (unsigned char)(st[k] >> 16);
-        out[4 * k + 2] = (unsigned char)(st[k] >> 8);
-        out[4 * k + 3] = (unsigned char)st[k];
-    }
+    unsigned char blk[64];
+    for (int k = 0; k < 8; k++) store_be32(blk + 4 * k, st[k]);
+    memset(blk + 32, 0, 32);
+    blk[32] = 0x80;
+    blk[62] = 0x03; /* 768 = 0x300 */
+    memcpy(out, outer, sizeof st);
+    sha256_compress(out, blk);
+}
+
+/* The eight lowercase hex digits of w, most significant first. */
+static inline void hex8(char *d, uint32_t w) {
+#ifdef FM_LE_GNUC
+    /* a nibble per byte, the first in the top byte; then '0'+n, or 'a'+n-10 where
+       n >= 10 (n + 6 carries into bit 4: no carry leaves a byte) */
+    uint64_t v = w;
+    v = ((v & 0xFFFF0000ULL) << 16) | (v & 0xFFFFULL);
+    v = ((v & 0x0000FF000000FF00ULL) << 8) | (v & 0x000000FF000000FFULL);
+    v = ((v & 0x00F000F000F000F0ULL) << 4) | (v & 0x000F000F000F000FULL);
+    uint64_t letters = ((v + 0x0606060606060606ULL) >> 4) & 0x0101010101010101ULL;
+    v = __builtin_bswap64(v + 0x3030303030303030ULL + letters * 39);
+    memcpy(d, &v, 8);
+#else
+    static const char hex[] = "0123456789abcdef";
+    for (int k = 0; k < 8; k++) d[k] = hex[(w >> (28 - 4 * k)) & 15];
+#endif
+}
+
+/* "h:" and the first `len` (<= 64) hex digits of the HMAC of msg, into h[2 + 64].
+   Not inlined: the masks around its call site stay small. */
+static FM_NOINLINE void hmac_hex(char *h, const uint32_t inner[8], const uint32_t outer[8],
+                     const unsigned char *msg, size_t n, int len) {
+    uint32_t d[8];
+    hmac_sha256(inner, outer, msg, n, d);
+    h[0] = 'h';
+    h[1] = ':';
+    for (int k = 0; 8 * k < len; k++) hex8(h + 2 + 8 * k, d[k]);
 }
 
 /* ------------------------------------------------------------------ */
@@ -905,27 +964,47 @@ static int keep_ends_sig(Buf *b, const Action *a, const char *s, Py_ssize_t n, P
     return keep_ends_sig_n(b, a, s, n, cps, seps, first, last);
 }
 
-/* Code points of valid UTF-8 text, with the byte offset of each (off[n] = len). */
+/* Code points of valid UTF-8 text, with the byte offset of each (off[n] = len).
+   Names and addresses are short: their arrays live in the struct (no
+   allocation), and only text longer than CPS_INLINE bytes (at most that many
+   code points otherwise) goes to the heap. */
+#define CPS_INLINE 96
 typedef struct {
     uint32_t *cp;
     Py_ssize_t *off;
     Py_ssize_t n;
+    uint32_t cp_in[CPS_INLINE];
+    Py_ssize_t off_in[CPS_INLINE + 1];
 } Cps;
 
 static int decode_cps(Cps *d, const char *s, Py_ssize_t len) {
-    d->cp = PyMem_Malloc(sizeof(uint32_t) * (size_t)(len + 1));
-    d->off = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(len + 1));
-    if (d->cp == NULL || d->off == NULL) return -1;
+    if (len <= CPS_INLINE) {
+        d->cp = d->cp_in;
+        d->off = d->off_in;
+    } else {
+        d->cp = PyMem_Malloc(sizeof(uint32_t) * (size_t)(len + 1));
+        d->off = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(len + 1));
+        if (d->cp == NULL || d->off == NULL) return -1;
+    }
     Py_ssize_t i = 0, k = 0;
     while (i < len) {
-        unsigned char b0 = (unsigned char)s[i];
+        const unsigned char *u = (const unsigned char *)s + i;
         uint32_t c;
         int m;
-        if (b0 < 0x80) { c = b0; m = 1; }
-        else if (b0 < 0xE0) { c = b0 & 0x1F; m = 2; }
-        else if (b0 < 0xF0) { c = b0 & 0x0F; m = 3; }
-        else { c = b0 & 0x07; m = 4; }
-        for (int j = 1; j < m; j++) c = (c << 6) | ((unsigned char)s[i + j] & 0x3F);
+        if (u[0] < 0x80) {
+            c = u[0];
+            m = 1;
+        } else if (u[0] < 0xE0) {
+            c = ((uint32_t)(u[0] & 0x1F) << 6) | (u[1] & 0x3F);
+            m = 2;
+        } else if (u[0] < 0xF0) {
+            c = ((uint32_t)(u[0] & 0x0F) << 12) | ((uint32_t)(u[1] & 0x3F) << 6) | (u[2] & 0x3F);
+            m = 3;
+        } else {
+            c = ((uint32_t)(u[0] & 0x07) << 18) | ((uint32_t)(u[1] & 0x3F) << 12) |
+                ((uint32_t)(u[2] & 0x3F) << 6) | (u[3] & 0x3F);
+            m = 4;
+        }
         d->cp[k] = c;
         d->off[k] = i;
         k++;
@@ -937,8 +1016,8 @@ static int decode_cps(Cps *d, const char *s, Py_ssize_t len) {
 }
 
 static void free_cps(Cps *d) {
-    PyMem_Free(d->cp);
-    PyMem_Free(d->off);
+    if (d->cp != d->cp_in) PyMem_Free(d->cp);
+    if (d->off != d->off_in) PyMem_Free(d->off);
 }
 
 /* 复姓: pairs of code points, sorted, set once by set_surnames(). */
@@ -1005,12 +1084,26 @@ static const uint32_t NOT_UNIT[] = {0x7701, 0x5E02, 0x533A, 0x53BF, 0x65D7, 0x95
                                     0x680B, 0x697C, 0x5BA4, 0x5355, 0x5143, 0x5E62, 0x5EA7,
                                     0x5C42, '#', ',', 0xFF0C};
 
-static int is_unit(uint32_t c) {
-    if (Py_UNICODE_ISSPACE(c) || Py_UNICODE_ISDECIMAL(c)) return 0;
-    if ((c >= '0' && c <= '9') || (c >= 0xFF10 && c <= 0xFF19)) return 0;
+static int not_unit_slow(uint32_t c) {
+    if (Py_UNICODE_ISSPACE(c) || Py_UNICODE_ISDECIMAL(c)) return 1;
+    if ((c >= '0' && c <= '9') || (c >= 0xFF10 && c <= 0xFF19)) return 1;
     for (size_t i = 0; i < sizeof NOT_UNIT / sizeof NOT_UNIT[0]; i++)
-        if (NOT_UNIT[i] == c) return 0;
-    return 1;
+        if (NOT_UNIT[i] == c) return 1;
+    return 0;
+}
+
+/* not_unit_slow for the BMP, a bit per code point, filled at import from the
+   running Python's Unicode database (about a millisecond). */
+static unsigned char not_unit_bmp[0x10000 / 8];
+
+static void init_units(void) {
+    for (uint32_t c = 0; c < 0x10000; c++)
+        if (not_unit_slow(c)) not_unit_bmp[c >> 3] |= (unsigned char)(1u << (c & 7));
+}
+
+static inline int is_unit(uint32_t c) {
+    if (c < 0x10000) return !((not_unit_bmp[c >> 3] >> (c & 7)) & 1);
+    return !not_unit_slow(c);
 }
 
 static int cps_at(const Cps *d, Py_ssize_t pos, const uint32_t *lit, int n) {
@@ -1050,7 +1143,7 @@ static const int DIST_LEN[] = {1, 1, 1, 1};
 static const uint32_t NOT_DIST_FIRST[] = {0x5C0F, 0x793E, 0x56ED, 0x6821, 0x666F,
                                           0x5382, 0x8425, 0x8857, 0x7247};
 
-static int address(Buf *b, const Action *a, const char *s, Py_ssize_t len) {
+static FM_INLINE int address(Buf *b, const Action *a, const char *s, Py_ssize_t len) {
     Cps d;
     if (decode_cps(&d, s, len) < 0) { free_cps(&d); return -1; }
     Py_ssize_t pos = admin_unit(&d, 0, 2, PROV_SUF, PROV_LEN, 3);
@@ -1112,15 +1205,8 @@ static int mask_text(Buf *b, const Action *a, const char *s, Py_ssize_t n) {
     case OP_ADDRESS:
         return address(b, a, s, n);
     case OP_HASH: {
-        static const char hex[] = "0123456789abcdef";
-        unsigned char d1[32], d2[32];
         char h[2 + 64];
-        sha256_finish(a->inner, 64, (const unsigned char *)s, (size_t)n, d1);
-        sha256_finish(a->outer, 64, d1, 32, d2);
-        h[0] = 'h';
-        h[1] = ':';
-        for (int k = 0; k < a->hash_len; k++)
-            h[2 + k] = hex[(d2[k / 2] >> ((k % 2) ? 0 : 4)) & 15];
+        hmac_hex(h, a->inner, a->outer, (const unsigned char *)s, (size_t)n, a->hash_len);
         return buf_put(b, h, 2 + a->hash_len);
     }
     }
@@ -1492,11 +1578,11 @@ static int parse_container(Ctx *c, int ms, int allow, int emit, int rs) {
                                                : parse_scalar(c, cms, allow, emit);
                 if (v == DECLINE) { rc = DECLINE; break; }
                 if (is_id && vc != '{' && vc != '[') {
-                    int tok = 0, esc2 = 0, is_int;
-                    Ctx probe = *c;
-                    probe.i = va;
-                    scan_scalar(&probe, &tok, &esc2, &is_int);
-                    record_id(c, tok, va, probe.i, esc2);
+                    /* the token parse_scalar just read and validated: s[va:c->i)
+                       (transforms leave c->i); true, false and null are no ids */
+                    int tok = vc == '"' ? '"' : vc == '-' || (vc >= '0' && vc <= '9') ? 'n' : 0;
+                    int esc2 = tok == '"' && memchr(c->s + va + 1, '\\', (size_t)(c->i - va - 2));
+                    record_id(c, tok, va, c->i, esc2);
                     if (c->error) { rc = DECLINE; break; }
                 }
                 in++;
@@ -1983,7 +2069,8 @@ enum {
    the ']' (EL_CLOSED, pos past it), or at the first element or separator it
    cannot answer for (failed: 1, out empty, pos meaningless). counts, records
    and ids cover exactly the elements masked before the stop, as the per-element
-   calls would have added them; a failed element adds nothing. */
+   calls would have added them; a failed element adds nothing. (How: most
+   elements are parsed once, their end found by the parse; see the loop.) */
 static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
     Program *prog;
     PyObject *rec_o, *idk, *number_type;
@@ -2033,7 +2120,7 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t nrecords = 0;
+    Py_ssize_t nrecords = 0, ndone = 0;
     int failed = 0;
     for (;;) {
         while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
@@ -2057,47 +2144,83 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
             where = EL_CLOSED;
             break;
         }
-        Py_ssize_t end = value_end_at(s, n, i, final);
-        if (end == -1) break;
-        if (end == -2) {
-            failed = 1;
-            break;
+        /* One pass where the element must be complete: it is parsed and masked
+           over the rest of the buffer, and ends where the parse stops. Only an
+           element that may be unfinished (the first of a call that is not final:
+           the one a previous call left waiting, possibly a large one fed in
+           pieces) has its end found first, as before. A container or string
+           that parses ends where value_end_at ends it (its brackets and quotes
+           are those value_end_at matches; depth stays within max_depth), and
+           the parse reads the same bytes as over that slice; one that does not
+           parse is looked at as before: unfinished (-1), malformed (-2), or
+           masked over its slice (which declines again). Scalars: their end
+           depends on what follows and on `final`, so always as before. */
+        unsigned char c0 = s[i];
+        int one_pass = (final || ndone > 0) && (c0 == '{' || c0 == '[' || c0 == '"') &&
+                       max_depth <= 100000;
+        Py_ssize_t end = -1;
+        if (!one_pass) {
+            end = value_end_at(s, n, i, final);
+            if (end == -1) break;
+            if (end == -2) {
+                failed = 1;
+                break;
+            }
         }
         if (c.out.obj == NULL) {
             /* The output is about the size of the input, as for mask(); made once an
-               element is complete, so feeds of one large unfinished element (that
-               wait for more) do not each allocate its size again. */
+               element is complete (or, in one pass, once one has been), so feeds of one
+               large unfinished element (that wait for more) do not each allocate its
+               size again. */
             c.out.obj = PyBytes_FromStringAndSize(NULL, n - i + 16);
             if (c.out.obj == NULL) goto done;
             c.out.p = PyBytes_AS_STRING(c.out.obj);
             c.out.cap = n - i + 16;
         }
-        /* the element alone, as mask() sees its slice: nothing outside is read */
-        c.s = s + i;
-        c.n = end - i;
-        c.i = 0;
-        c.depth = 0;
-        memset(c.counts, 0, nc * sizeof(Py_ssize_t));
-        Py_ssize_t save = c.out.len, nids = PyList_GET_SIZE(c.ids), nrec = c.nrecords;
         int ms = ms_arr < 0 ? -1 : lookup_idx(&prog->states[ms_arr], index);
         int rs = c.rec != NULL && rs_arr >= 0 ? lookup_idx(&c.rec->states[rs_arr], index) : -1;
-        int rc = DECLINE;
-        if (kept == 0 || buf_byte(&c.out, ',') == 0) {
-            rc = parse_value(&c, ms, allow, 1, rs);
-            if (rc != DECLINE) {
-                skip_ws(&c);
-                if (c.i != c.n) rc = DECLINE;
+        Py_ssize_t save = c.out.len, nids = PyList_GET_SIZE(c.ids), nrec = c.nrecords;
+        int rc, more = 0;
+        for (;;) {
+            /* end < 0: over the rest of the buffer; else the element alone, as mask()
+               sees its slice: nothing outside is read */
+            c.s = s + i;
+            c.n = (end < 0 ? n : end) - i;
+            c.i = 0;
+            c.depth = 0;
+            memset(c.counts, 0, nc * sizeof(Py_ssize_t));
+            rc = DECLINE;
+            if (kept == 0 || buf_byte(&c.out, ',') == 0) {
+                rc = parse_value(&c, ms, allow, 1, rs);
+                if (rc != DECLINE) {
+                    if (end < 0) {
+                        end = i + c.i;
+                    } else {
+                        skip_ws(&c);
+                        if (c.i != c.n) rc = DECLINE;
+                    }
+                }
             }
-        }
-        if (c.error) goto done; /* a Python exception is set (memory) */
-        if (rc == DECLINE) {
+            if (c.error) goto done; /* a Python exception is set (memory) */
+            if (rc != DECLINE) break;
             if (PyErr_Occurred()) PyErr_Clear();
             c.out.len = save;
             c.nrecords = nrec;
             if (PyList_SetSlice(c.ids, nids, PyList_GET_SIZE(c.ids), NULL) < 0) goto done;
+            if (end >= 0 || c.out.obj == NULL) break; /* declined over its slice, or out of memory */
+            end = value_end_at(s, n, i, final);
+            if (end == -1) {
+                more = 1;
+                break;
+            }
+            if (end == -2) break;
+        }
+        if (more) break; /* more input needed: nothing of it was kept */
+        if (rc == DECLINE) {
             failed = 1;
             break;
         }
+        ndone++;
         for (size_t k = 0; k < nc; k++) total[k] += c.counts[k];
         if (rc == DROPPED) c.out.len = save;
         else kept++;
@@ -2149,12 +2272,9 @@ static PyObject *fm_hmac_hex(PyObject *mod, PyObject *args) {
         memcpy(so, H256, sizeof H256);
         sha256_block(si, ip.buf);
         sha256_block(so, op.buf);
-        unsigned char d1[32], d2[32];
-        sha256_finish(si, 64, msg.buf, (size_t)msg.len, d1);
-        sha256_finish(so, 64, d1, 32, d2);
-        char hex[65];
-        for (int k = 0; k < 32; k++) sprintf(hex + 2 * k, "%02x", d2[k]);
-        r = PyUnicode_FromStringAndSize(hex, 64);
+        char h[2 + 64]; /* the path of the hash action */
+        hmac_hex(h, si, so, msg.buf, (size_t)msg.len, 64);
+        r = PyUnicode_FromStringAndSize(h + 2, 64);
         sha256_compress = saved;
     } else {
         PyErr_SetString(PyExc_ValueError, "pads must be 64 bytes");
@@ -2215,6 +2335,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "gateway._fastmask",
 
 PyMODINIT_FUNC PyInit__fastmask(void) {
     if (PyType_Ready(&ProgramType) < 0) return NULL;
+    init_units();
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL) return NULL;
 #ifdef HAVE_SHA_NI_CODE

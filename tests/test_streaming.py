@@ -518,6 +518,44 @@ def test_mask_elements_is_the_per_element_loop_on_every_prefix(
                     assert native_elements(*args) == reference_elements(*args), (body, pos)
 
 
+def test_mask_elements_in_one_pass_cut_at_every_byte(shipped: RuleSet) -> None:
+    """After the first element of a call, an element is masked in one pass over the rest
+    of the buffer, its end where the parse stops. Cut at any byte it must answer as the
+    per-element loop: nothing of it out, and pos left at its start (not final: more is
+    needed; final: the stream stops there as truncated); complete, the same bytes."""
+    recs = orjson.loads(_response(customers(3)))["data"]
+    first = orjson.dumps(recs[0])
+    rest = b",".join(orjson.dumps(r) for r in recs[1:])
+    odd = b' "s\\u00e9\\"" , ' + b"[" * 300 + b"]" * 300  # deeper than the limit: fails
+    odd_ok = b', [[{"id":"x\\"y","phone":"13812345678"}],"\\\\"] , {"id":7,"n":{}}'
+    for level in LEVELS:
+        plan = plan_for(shipped, level)
+        assert plan.records is not None
+        stream = RecordStream(plan, plan.records, max_value=1 << 20)
+        for elements in (first + b"," + rest + odd_ok, first + odd_ok + b"," + odd):
+            body = envelope(elements)
+            start = body.index(b"[") + 1
+            whole = native_elements(*element_args(stream, body[: start + len(first)], start, 0))
+            assert whole[:5] == (whole[0], start + len(first), 1, whole[3], 2)
+            for end in range(start + len(first), len(body) + 1):
+                for final in (False, True):
+                    args = element_args(stream, body[:end], start, final)
+                    got = native_elements(*args)
+                    assert got == reference_elements(*args), (level, end, final)
+                    if not got[-1] and got[4] != 3:
+                        # stopped after the last complete element or ',', before what is
+                        # not complete yet, and none of that went out
+                        tail = body[got[1] : end]
+                        assert tail.strip() == b"" or _fastmask.value_end(tail, 0, final) == -1
+                        before = element_args(stream, body[: got[1]], start, False)
+                        assert got[0] == native_elements(*before)[0]
+        # every complete element of the realistic records went out in one pass
+        body = envelope(first + b"," + rest)
+        args = element_args(stream, body, body.index(b"[") + 1, False)
+        assert native_elements(*args) == reference_elements(*args)
+        assert native_elements(*args)[2] == 3
+
+
 MUTATIONS = [b"", b"}", b"]", b",", b'"', b" ", b"x", b"1", b"\\", b"{", b"[", b"\xff", b"\x01"]
 
 

@@ -93,6 +93,19 @@ def test_records_and_ids_come_from_the_body_as_sent(shipped: RuleSet) -> None:
     assert got[1].records.ids == ("7", "c-8")
 
 
+@pytest.mark.parametrize("level", LEVEL_NAMES)
+def test_ids_of_every_kind_of_token(shipped: RuleSet, level: str) -> None:
+    """The id is read from the token the masking pass just parsed (not scanned again)."""
+    ids = [b"7", b"-7", b"1.5e3", b"0", b'"c-8"', b'""', b'"a\\u00e9\\n"', b'"\\"q\\""']
+    ids += [b'"\\\\"', '"张三"'.encode(), b"true", b"false", b"null", b'{"x":1}', b"[1]"]
+    records = [b'{"id":%s,"phone":"13812345678"}' % v for v in ids]
+    records += [b'{ "phone" : 1 , "id" : %s }' % v for v in ids]
+    body = b'{"data":[' + b",".join(records) + b"]}"
+    plan = plan_of(shipped, level, "customer")
+    out = agree(plan, body, must_answer=True)
+    assert out is not None
+
+
 # -- exactness -----------------------------------------------------------------------------
 REDACT_B = policy_yaml('  - {name: b, paths: ["$..b"], level: secret, action: redact}\n')
 
@@ -157,10 +170,27 @@ def test_declines_plans_that_need_the_evaluator(rule_dir: RuleDir) -> None:
 def test_hash_is_hmac_sha256() -> None:
     key = b"k" * 70  # longer than a block: hashed first, as RFC 2104 says
     inner, outer = _pads(key)
-    for msg in (b"", b"a", "张三".encode(), b"x" * 55, b"x" * 56, b"x" * 64, b"y" * 200):
+    lengths = (0, 1, 31, 32, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 200)
+    for msg in (b"", b"a", "张三".encode(), *(bytes(range(n)) for n in lengths), b"y" * 200):
         expected = hmac.new(key, msg, sha256).hexdigest()
         assert _fastmask.hmac_hex(inner, outer, msg) == expected  # SHA extensions when present
         assert _fastmask.hmac_hex(inner, outer, msg, True) == expected  # portable C
+
+
+def test_hash_of_every_length(tmp_path_factory: Any) -> None:
+    """The hash action's digits, 8 to 64 of them, for values around the block sizes."""
+    d = tmp_path_factory.mktemp("rules")
+    rules = "".join(
+        f'  - {{name: h{k}, paths: ["$.h{k}"], level: secret, action: {{hash: {{length: {k}}}}}}}\n'
+        for k in range(8, 65)
+    )
+    (d / "levels.yaml").write_text(LEVELS, encoding="utf-8")
+    (d / "p.yaml").write_text(policy_yaml(rules), encoding="utf-8")
+    plan = plan_of(load_rules(d, hash_key=KEY), "public")
+    for n in (0, 1, 54, 55, 56, 57, 63, 64, 65, 118, 119, 120, 200):
+        for value in ("é" * (n // 2) + "x" * (n % 2), n, True, None):
+            doc = {f"h{k}": value for k in range(8, 65)}
+            agree(plan, orjson.dumps(doc), must_answer=True)
 
 
 # -- presets, native against the Python functions ----------------------------------------------
@@ -217,6 +247,45 @@ def preset_plan(tmp_path_factory: Any) -> Plan:
 def test_presets_match_the_reference(preset_plan: Plan, text: str) -> None:
     body = orjson.dumps({name: text for name in FIELD_NAMES})
     agree(preset_plan, body, must_answer=True)
+
+
+def test_names_and_addresses_past_the_inline_buffer(preset_plan: Plan) -> None:
+    """cn_name and address decode short text into buffers of their own and longer text
+    (more than 96 bytes) into the heap: the same masks on both sides of the boundary."""
+    for k in [*range(55, 80), 200, 1000]:
+        for text in (
+            "广东省深圳市南山区" + "a" * k,  # 27 bytes of province, city, district
+            "广东省深圳市南山区" + "科技园路" * (k // 12) + "1" * (k % 12),
+            "新疆维吾尔自治区乌鲁木齐市天山区" + "中" * (k // 3) + "x" * (k % 3),
+            "欧阳" + "a" * (k + 30),
+            "张" * (k // 3) + "é" * (k % 3),
+            "Jean-Luc " * (k // 9) + "z" * (k % 9),
+            "𠀀" * (k // 4) + "a" * (k % 4),
+        ):
+            agree(preset_plan, orjson.dumps({"address": text, "cn_name": text}), must_answer=True)
+
+
+def test_address_units_for_every_kind_of_character(preset_plan: Plan) -> None:
+    """The address mask's table of characters that are not part of a unit's name (built
+    from Python's Unicode database at import): every whitespace and decimal character,
+    the street-level characters, their neighbours, and characters beyond the BMP."""
+    special = [c for c in range(0x30000) if chr(c).isspace() or chr(c).isdecimal()]
+    street = [
+        ord(c)
+        for c in "省市区县旗镇乡村路街道巷号弄栋楼室单元幢座层#,，0123456789０１２３４５６７８９"
+    ]
+    chars = sorted({*special, *street, *(c + 1 for c in special), *(c - 1 for c in street)})
+    chars += [0x7F, 0x80, 0xFFFF, 0x10000, 0x20000, 0x2A6D6, 0x10FFFF]
+    for c in chars:
+        if 0xD800 <= c <= 0xDFFF:
+            continue
+        x = chr(c)
+        for text in (
+            x + x + "省" + x + "市" + x + "区路",
+            "广东" + x + "省深" + x + "市南山区",
+            x * 9 + "市",
+        ):
+            agree(preset_plan, orjson.dumps({"address": text}), must_answer=True)
 
 
 @pytest.mark.parametrize(
