@@ -33,10 +33,11 @@
  * alone, and the separators between them read, in one call per feed.
  *
  * Transforms are native for drop, redact, keep/reveal, hash (HMAC-SHA256
- * with precomputed pads) and the character masks (keep_ends, the
- * "significant characters" variants of cn_id/bank_card/cn_phone, email).
- * Every other transform (cn_name, address, round) is a Python callable,
- * called with the value as the reference decoder would have built it.
+ * with precomputed pads), the character masks (keep_ends, the "significant
+ * characters" variants of cn_id/bank_card/cn_phone, email), cn_name, address,
+ * and round with an integer step on integers and plain decimals. Every other
+ * transform (other rounds, anything new) is a Python callable, called with
+ * the value as the reference decoder would have built it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
