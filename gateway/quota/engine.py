@@ -394,6 +394,11 @@ def decide(
                     if used - o.added.get(m, 0) < threshold:
                         new.append(m)
             alert, crossed = tuple(reached), tuple(new)
+        # seconds(ms) for ms > 0, in integers (ms is a whole number of milliseconds). A
+        # loop, not a comprehension: that builds and calls a function object every time.
+        reset: dict[str, int] = {}
+        for m, left in o.reset_ms.items():
+            reset[m] = (left + 999) // 1000 if left > 0 else 0
         usage[q.name] = QuotaUsage(
             q.name,
             q.window,
@@ -401,8 +406,7 @@ def decide(
             o.used,
             alert,
             crossed,
-            # seconds(ms) for ms > 0, in integers (ms is a whole number of milliseconds).
-            {m: ((ms + 999) // 1000 if ms > 0 else 0) for m, ms in o.reset_ms.items()},
+            reset,
             buckets[i].shared,
             o.hold_ms,
         )
@@ -451,20 +455,24 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
             return {}
         pick = (u, decision.metric, 0, decision.retry_after or 1)
     else:
-        best: tuple[float, int] | None = None
+        # Ranked by (share, remaining) compared field by field: the same order as
+        # comparing the tuples, without building one per limit of every response.
+        best_share = 2.0  # above any share (remaining is at most the limit)
+        best_left = 0
         for u in decision.usage.values():
             if u.shared:
                 continue
+            limits, used = u.limits, u.used
             for m in METRICS:
-                limit = u.limits.get(m)
+                limit = limits.get(m)
                 if limit is None:
                     continue
-                remaining = limit - u.used.get(m, 0)
+                remaining = limit - used.get(m, 0)
                 if remaining < 0:
                     remaining = 0
-                rank = (remaining / limit, remaining)
-                if best is None or rank < best:
-                    best = rank
+                share = remaining / limit
+                if share < best_share or (share == best_share and remaining < best_left):
+                    best_share, best_left = share, remaining
                     pick = (u, m, remaining, u.reset.get(m, 0))
     if pick is None:
         return {}
