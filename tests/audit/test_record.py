@@ -17,6 +17,7 @@ from gateway.audit.record import (
     build_record,
     encode_record,
     format_ts,
+    make_record,
 )
 
 TS = datetime(2026, 11, 24, 8, 1, 2, 123000, tzinfo=UTC).timestamp()
@@ -233,3 +234,20 @@ def test_full_record_json_line_exact() -> None:
         b'"revealed":{"email":1}},"quota":{"bulk-read":{"used":2,"limit":500,'
         b'"alert":false}},"rules_version":"v1-abc"}\n'
     )
+
+
+# make_record's parameters, in order: build_record's keywords, entities_cap last.
+POSITIONAL = (*KEYS[:7], "query", *KEYS[8:18], "fields", "quota", "rules_version")
+
+
+@pytest.mark.parametrize(
+    "over",
+    [{}, {"decision": "rate_limited", "reason": "quota_exceeded"}, {"fields": None, "quota": None}],
+)
+@pytest.mark.parametrize("cap", [1, 100])
+def test_make_record_is_build_record_by_position(over: dict[str, Any], cap: int) -> None:
+    kw = base(**over)
+    args = [kw[name] for name in POSITIONAL]
+    by_position = make_record(*args, cap)
+    assert by_position == build_record(**kw, entities_cap=cap)
+    assert encode_record(by_position) == encode_record(build_record(**kw, entities_cap=cap))
