@@ -109,20 +109,24 @@ _sorted_rules: dict[tuple[str, ...], tuple[str, ...]] = {}
 _SORTED_RULES_MAX: Final = 4096
 
 
-def _rules_in_order(by_rule: Mapping[str, int]) -> tuple[str, ...]:
-    names = tuple(by_rule)
-    order = _sorted_rules.get(names)
-    if order is None:
-        order = tuple(sorted(names))
-        if len(_sorted_rules) >= _SORTED_RULES_MAX:
-            _sorted_rules.clear()
-        _sorted_rules[names] = order
+def _remember_order(names: tuple[str, ...]) -> tuple[str, ...]:
+    order = tuple(sorted(names))
+    if len(_sorted_rules) >= _SORTED_RULES_MAX:
+        _sorted_rules.clear()
+    _sorted_rules[names] = order
     return order
 
 
 def _fields(counts: Mapping[str, Mapping[str, int]] | None) -> dict[str, dict[str, int]]:
     # Always all five counters, in FIELD_COUNTERS order; unknown counters are a bug upstream.
-    out: dict[str, dict[str, int]] = {c: {} for c in FIELD_COUNTERS}
+    # A literal, not a comprehension over FIELD_COUNTERS: that builds and calls a function.
+    out: dict[str, dict[str, int]] = {
+        "masked": {},
+        "dropped": {},
+        "redacted": {},
+        "hashed": {},
+        "revealed": {},
+    }
     if not counts:
         return out
     for counter, by_rule in counts.items():
@@ -130,7 +134,8 @@ def _fields(counts: Mapping[str, Mapping[str, int]] | None) -> dict[str, dict[st
             raise ValueError(f"unknown field counter {counter!r}")
         kept: dict[str, int] = {}
         if by_rule:
-            for rule in _rules_in_order(by_rule):
+            names = tuple(by_rule)
+            for rule in _sorted_rules.get(names) or _remember_order(names):
                 n = by_rule[rule]
                 if n:
                     kept[rule] = n if type(n) is int else int(n)
@@ -139,10 +144,15 @@ def _fields(counts: Mapping[str, Mapping[str, int]] | None) -> dict[str, dict[st
 
 
 def _quota(quota: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    return {
-        name: {"used": q.get("used"), "limit": q.get("limit"), "alert": bool(q.get("alert"))}
-        for name, q in (quota or {}).items()
-    }
+    out: dict[str, dict[str, Any]] = {}
+    if quota:
+        for name, q in quota.items():
+            out[name] = {
+                "used": q.get("used"),
+                "limit": q.get("limit"),
+                "alert": bool(q.get("alert")),
+            }
+    return out
 
 
 def build_record(
@@ -175,6 +185,63 @@ def build_record(
     ``query`` is the raw query string (only its parameter names are kept);
     ``fields`` is ``{counter: {rule: count}}`` as the masking plan reports it;
     ``quota`` is ``{name: {"used": n, "limit": n, "alert": bool}}``.
+    """
+    return make_record(
+        ts,
+        request_id,
+        subject,
+        clearance,
+        client_ip,
+        method,
+        path,
+        query,
+        route,
+        policy,
+        status,
+        upstream_status,
+        decision,
+        reason,
+        duration_ms,
+        upstream_ms,
+        records,
+        entities,
+        fields,
+        quota,
+        rules_version,
+        entities_cap,
+    )
+
+
+def make_record(
+    ts: float,
+    request_id: str,
+    subject: str | None,
+    clearance: str | None,
+    client_ip: str,
+    method: str,
+    path: str,
+    query: str,
+    route: str | None,
+    policy: str | None,
+    status: int,
+    upstream_status: int | None,
+    decision: str,
+    reason: str | None,
+    duration_ms: float,
+    upstream_ms: float | None,
+    records: int,
+    entities: Iterable[str | int],
+    fields: Mapping[str, Mapping[str, int]] | None,
+    quota: Mapping[str, Mapping[str, Any]] | None,
+    rules_version: str | None,
+    entities_cap: int = DEFAULT_ENTITIES_CAP,
+    /,
+) -> dict[str, Any]:
+    """:func:`build_record` with its arguments by position, in :data:`KEYS` order
+    (``query`` gives ``query_keys``, ``entities`` also ``entities_total``).
+
+    The request path's call (``gateway.trail``): binding 21 keyword arguments cost
+    about 11k instructions per request, more than building the record itself.
     """
     if decision not in DECISIONS:
         raise ValueError(f"unknown audit decision {decision!r}")

@@ -101,6 +101,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from gateway.rules.model import Quota
 
@@ -111,16 +112,30 @@ METRICS = ("records", "distinct", "requests")
 _UNITS = {"records": "records", "distinct": "distinct-customers"}
 
 
-@dataclass(frozen=True, slots=True)
+# The per-request value objects below (KeyParts, Bucket, QuotaUsage, Decision) are slots
+# dataclasses with a plain ``__init__``, not frozen ones: a frozen dataclass assigns each
+# field through ``object.__setattr__``, about five times the cost of a slot store, and a
+# request builds some twenty fields. They stay immutable to their users: the fields are
+# ``Final`` (mypy rejects any assignment outside ``__init__``) and nothing sets them.
+# ``eq``, ``repr`` and ``unsafe_hash`` keep what the frozen dataclasses compared, printed
+# and hashed.
+
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class KeyParts:
     """What identifies the caller for quota keys."""
 
-    subject: str | None
-    client_ip: str
-    route: str
+    subject: Final[str | None]
+    client_ip: Final[str]
+    route: Final[str]
+
+    def __init__(self, subject: str | None, client_ip: str, route: str) -> None:
+        self.subject = subject
+        self.client_ip = client_ip
+        self.route = route
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Bucket:
     """Where one quota's state lives for one caller.
 
@@ -128,9 +143,14 @@ class Bucket:
     within the tag; ``shared`` means other callers count into it too.
     """
 
-    tag: str
-    name: str
-    shared: bool
+    tag: Final[str]
+    name: Final[str]
+    shared: Final[bool]
+
+    def __init__(self, tag: str, name: str, shared: bool) -> None:
+        self.tag = tag
+        self.name = name
+        self.shared = shared
 
 
 def counts_requests(quotas: Sequence[Quota]) -> bool:
@@ -255,19 +275,44 @@ class Observation:
     hold_ms: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class QuotaUsage:
-    """One quota's usage after a call, as reported to audit, metrics and headers."""
+    """One quota's usage after a call, as reported to audit, metrics and headers.
 
-    name: str
-    window: int
-    limits: Mapping[str, int]
-    used: Mapping[str, int]
-    alert: tuple[str, ...]
-    crossed: tuple[str, ...]
-    reset: Mapping[str, int]
-    shared: bool
-    hold_ms: Mapping[str, int] = field(default_factory=dict)
+    Immutable, like every value object here (see KeyParts); ``hold_ms`` defaults to
+    a new empty dict."""
+
+    name: Final[str]
+    window: Final[int]
+    limits: Final[Mapping[str, int]]
+    used: Final[Mapping[str, int]]
+    alert: Final[tuple[str, ...]]
+    crossed: Final[tuple[str, ...]]
+    reset: Final[Mapping[str, int]]
+    shared: Final[bool]
+    hold_ms: Final[Mapping[str, int]]
+
+    def __init__(
+        self,
+        name: str,
+        window: int,
+        limits: Mapping[str, int],
+        used: Mapping[str, int],
+        alert: tuple[str, ...],
+        crossed: tuple[str, ...],
+        reset: Mapping[str, int],
+        shared: bool,
+        hold_ms: Mapping[str, int] | None = None,
+    ) -> None:
+        self.name = name
+        self.window = window
+        self.limits = limits
+        self.used = used
+        self.alert = alert
+        self.crossed = crossed
+        self.reset = reset
+        self.shared = shared
+        self.hold_ms = {} if hold_ms is None else hold_ms
 
     @property
     def used_records(self) -> int | None:
@@ -282,19 +327,33 @@ class QuotaUsage:
         return self.used.get("requests")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Decision:
     """The outcome of a pre-check or an account call.
 
     ``quota``/``metric``/``retry_after`` are set when not ``allowed``;
-    ``retry_after`` is whole seconds, at least 1.
+    ``retry_after`` is whole seconds, at least 1. Immutable (see KeyParts).
     """
 
-    allowed: bool
-    usage: Mapping[str, QuotaUsage]
-    quota: str | None = None
-    metric: str | None = None
-    retry_after: int | None = None
+    allowed: Final[bool]
+    usage: Final[Mapping[str, QuotaUsage]]
+    quota: Final[str | None]
+    metric: Final[str | None]
+    retry_after: Final[int | None]
+
+    def __init__(
+        self,
+        allowed: bool,
+        usage: Mapping[str, QuotaUsage],
+        quota: str | None = None,
+        metric: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        self.allowed = allowed
+        self.usage = usage
+        self.quota = quota
+        self.metric = metric
+        self.retry_after = retry_after
 
 
 def to_ms(now: float) -> int:
@@ -335,6 +394,11 @@ def decide(
                     if used - o.added.get(m, 0) < threshold:
                         new.append(m)
             alert, crossed = tuple(reached), tuple(new)
+        # seconds(ms) for ms > 0, in integers (ms is a whole number of milliseconds). A
+        # loop, not a comprehension: that builds and calls a function object every time.
+        reset: dict[str, int] = {}
+        for m, left in o.reset_ms.items():
+            reset[m] = (left + 999) // 1000 if left > 0 else 0
         usage[q.name] = QuotaUsage(
             q.name,
             q.window,
@@ -342,8 +406,7 @@ def decide(
             o.used,
             alert,
             crossed,
-            # seconds(ms) for ms > 0, in integers (ms is a whole number of milliseconds).
-            {m: ((ms + 999) // 1000 if ms > 0 else 0) for m, ms in o.reset_ms.items()},
+            reset,
             buckets[i].shared,
             o.hold_ms,
         )
@@ -392,20 +455,24 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
             return {}
         pick = (u, decision.metric, 0, decision.retry_after or 1)
     else:
-        best: tuple[float, int] | None = None
+        # Ranked by (share, remaining) compared field by field: the same order as
+        # comparing the tuples, without building one per limit of every response.
+        best_share = 2.0  # above any share (remaining is at most the limit)
+        best_left = 0
         for u in decision.usage.values():
             if u.shared:
                 continue
+            limits, used = u.limits, u.used
             for m in METRICS:
-                limit = u.limits.get(m)
+                limit = limits.get(m)
                 if limit is None:
                     continue
-                remaining = limit - u.used.get(m, 0)
+                remaining = limit - used.get(m, 0)
                 if remaining < 0:
                     remaining = 0
-                rank = (remaining / limit, remaining)
-                if best is None or rank < best:
-                    best = rank
+                share = remaining / limit
+                if share < best_share or (share == best_share and remaining < best_left):
+                    best_share, best_left = share, remaining
                     pick = (u, m, remaining, u.reset.get(m, 0))
     if pick is None:
         return {}

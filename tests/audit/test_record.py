@@ -17,6 +17,7 @@ from gateway.audit.record import (
     build_record,
     encode_record,
     format_ts,
+    make_record,
 )
 
 TS = datetime(2026, 11, 24, 8, 1, 2, 123000, tzinfo=UTC).timestamp()
@@ -218,3 +219,35 @@ def test_remembered_rule_orders_are_bounded() -> None:
         r = build_record(**base(fields={"masked": {f"r{i}": 1, "a": 2}}))
         assert r["fields"]["masked"] == {"a": 2, f"r{i}": 1}
     assert len(record._sorted_rules) <= record._SORTED_RULES_MAX
+
+
+def test_full_record_json_line_exact() -> None:
+    # The bytes every sink receives, pinned: key order, number formats, nested order.
+    assert encode_record(build_record(**base())) == (
+        b'{"ts":"2026-11-24T08:01:02.123Z","request_id":"req-1","subject":"t1",'
+        b'"clearance":"confidential","client_ip":"10.1.2.3","method":"GET",'
+        b'"path":"/api/customers/42","query_keys":["a b","b","size"],"route":"customers",'
+        b'"policy":"customer","status":200,"upstream_status":200,"decision":"allow",'
+        b'"reason":null,"duration_ms":12.35,"upstream_ms":8.0,"records":2,'
+        b'"entities":["42","43"],"entities_total":2,"fields":{"masked":{"id_number":2,'
+        b'"phone":2},"dropped":{"txn_password":2},"redacted":{},"hashed":{},'
+        b'"revealed":{"email":1}},"quota":{"bulk-read":{"used":2,"limit":500,'
+        b'"alert":false}},"rules_version":"v1-abc"}\n'
+    )
+
+
+# make_record's parameters, in order: build_record's keywords, entities_cap last.
+POSITIONAL = (*KEYS[:7], "query", *KEYS[8:18], "fields", "quota", "rules_version")
+
+
+@pytest.mark.parametrize(
+    "over",
+    [{}, {"decision": "rate_limited", "reason": "quota_exceeded"}, {"fields": None, "quota": None}],
+)
+@pytest.mark.parametrize("cap", [1, 100])
+def test_make_record_is_build_record_by_position(over: dict[str, Any], cap: int) -> None:
+    kw = base(**over)
+    args = [kw[name] for name in POSITIONAL]
+    by_position = make_record(*args, cap)
+    assert by_position == build_record(**kw, entities_cap=cap)
+    assert encode_record(by_position) == encode_record(build_record(**kw, entities_cap=cap))
