@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway import metrics
-from gateway.audit.record import make_record
+from gateway.audit.record import build_record
 
 if TYPE_CHECKING:
     from gateway.audit.writer import AuditWriter
@@ -29,9 +29,9 @@ def leave_trace(ex: Exchange, status: int, writer: AuditWriter | None) -> None:
     policy = ex.route.policy if ex.route is not None else None
     p = ex.principal
     path = ex.path if ex.path is not None else ex.request.raw_path.partition("?")[0]
-    # By position, in the record's key order (see make_record): 21 keyword arguments
+    # By position, in the record's key order (see build_record): 21 keyword arguments
     # cost more to bind than the record costs to build. One argument per key.
-    record = make_record(
+    record = build_record(
         ex.wall_start,  # ts
         ex.request_id,  # request_id
         p.subject if p is not None else None,  # subject

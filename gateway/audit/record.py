@@ -156,7 +156,6 @@ def _quota(quota: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str,
 
 
 def build_record(
-    *,
     ts: float,
     request_id: str,
     subject: str | None,
@@ -164,7 +163,7 @@ def build_record(
     client_ip: str,
     method: str,
     path: str,
-    query: str = "",
+    query: str,
     route: str | None,
     policy: str | None,
     status: int,
@@ -185,63 +184,12 @@ def build_record(
     ``query`` is the raw query string (only its parameter names are kept);
     ``fields`` is ``{counter: {rule: count}}`` as the masking plan reports it;
     ``quota`` is ``{name: {"used": n, "limit": n, "alert": bool}}``.
-    """
-    return make_record(
-        ts,
-        request_id,
-        subject,
-        clearance,
-        client_ip,
-        method,
-        path,
-        query,
-        route,
-        policy,
-        status,
-        upstream_status,
-        decision,
-        reason,
-        duration_ms,
-        upstream_ms,
-        records,
-        entities,
-        fields,
-        quota,
-        rules_version,
-        entities_cap,
-    )
 
-
-def make_record(
-    ts: float,
-    request_id: str,
-    subject: str | None,
-    clearance: str | None,
-    client_ip: str,
-    method: str,
-    path: str,
-    query: str,
-    route: str | None,
-    policy: str | None,
-    status: int,
-    upstream_status: int | None,
-    decision: str,
-    reason: str | None,
-    duration_ms: float,
-    upstream_ms: float | None,
-    records: int,
-    entities: Iterable[str | int],
-    fields: Mapping[str, Mapping[str, int]] | None,
-    quota: Mapping[str, Mapping[str, Any]] | None,
-    rules_version: str | None,
-    entities_cap: int = DEFAULT_ENTITIES_CAP,
-    /,
-) -> dict[str, Any]:
-    """:func:`build_record` with its arguments by position, in :data:`KEYS` order
-    (``query`` gives ``query_keys``, ``entities`` also ``entities_total``).
-
-    The request path's call (``gateway.trail``): binding 21 keyword arguments cost
-    about 11k instructions per request, more than building the record itself.
+    The parameters follow the record's keys (``query`` gives ``query_keys``,
+    ``entities`` also ``entities_total``), so the request path (``gateway.trail``)
+    passes them by position: binding 21 keyword arguments cost about 11k
+    instructions per request, more than building the record itself. Everything
+    else may name them.
     """
     if decision not in DECISIONS:
         raise ValueError(f"unknown audit decision {decision!r}")

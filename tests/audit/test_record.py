@@ -17,7 +17,6 @@ from gateway.audit.record import (
     build_record,
     encode_record,
     format_ts,
-    make_record,
 )
 
 TS = datetime(2026, 11, 24, 8, 1, 2, 123000, tzinfo=UTC).timestamp()
@@ -236,7 +235,7 @@ def test_full_record_json_line_exact() -> None:
     )
 
 
-# make_record's parameters, in order: build_record's keywords, entities_cap last.
+# build_record's parameters, in order (what gateway.trail passes by position).
 POSITIONAL = (*KEYS[:7], "query", *KEYS[8:18], "fields", "quota", "rules_version")
 
 
@@ -245,9 +244,9 @@ POSITIONAL = (*KEYS[:7], "query", *KEYS[8:18], "fields", "quota", "rules_version
     [{}, {"decision": "rate_limited", "reason": "quota_exceeded"}, {"fields": None, "quota": None}],
 )
 @pytest.mark.parametrize("cap", [1, 100])
-def test_make_record_is_build_record_by_position(over: dict[str, Any], cap: int) -> None:
+def test_by_position_is_by_keyword(over: dict[str, Any], cap: int) -> None:
     kw = base(**over)
     args = [kw[name] for name in POSITIONAL]
-    by_position = make_record(*args, cap)
+    by_position = build_record(*args, cap)
     assert by_position == build_record(**kw, entities_cap=cap)
     assert encode_record(by_position) == encode_record(build_record(**kw, entities_cap=cap))
