@@ -97,7 +97,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -362,8 +361,8 @@ def to_ms(now: float) -> int:
 
 
 def seconds(ms: int) -> int:
-    """Milliseconds to whole seconds, rounded up, at least 1."""
-    return max(1, math.ceil(ms / 1000))
+    """Milliseconds (a whole number) to whole seconds, rounded up, at least 1."""
+    return max(1, (ms + 999) // 1000)
 
 
 def decide(
@@ -394,11 +393,10 @@ def decide(
                     if used - o.added.get(m, 0) < threshold:
                         new.append(m)
             alert, crossed = tuple(reached), tuple(new)
-        # seconds(ms) for ms > 0, in integers (ms is a whole number of milliseconds). A
-        # loop, not a comprehension: that builds and calls a function object every time.
+        # A loop, not a comprehension: that builds and calls a function object every time.
         reset: dict[str, int] = {}
         for m, left in o.reset_ms.items():
-            reset[m] = (left + 999) // 1000 if left > 0 else 0
+            reset[m] = seconds(left) if left > 0 else 0
         usage[q.name] = QuotaUsage(
             q.name,
             q.window,

@@ -207,7 +207,6 @@ for q = 1, nq do
     -- usage is already over the max (a reload lowered it): the ids in the window
     -- with the response's are still too many, as the memory backend says.
     if s.td and ((want_old and #ids > 0) or (s.md > 0 and s.ud + #ids > s.md)) then
-      s.known = true
       for j, sc in ipairs(scores(s.ki)) do
         if sc then s.old[j] = tonumber(sc) else s.old[j] = -1; s.new = s.new + 1 end
       end
