@@ -112,8 +112,9 @@ _field_cells: dict[str, dict[str, dict[str, _FieldCell]]] = {}
 _fields_lock: Final = threading.Lock()
 
 
-def _fold_fields() -> None:
-    """Add the held-back ``gateway_fields_total`` counts to their children (on collect)."""
+def fold_fields() -> None:
+    """Add the held-back ``gateway_fields_total`` counts to their children: on collect,
+    and in multiprocess mode on a timer and on stop (the worker's file)."""
     with _fields_lock:
         for by_action in _field_cells.values():
             for cells in by_action.values():
@@ -123,20 +124,15 @@ def _fold_fields() -> None:
                         cell.pending = 0
 
 
-def fold_fields() -> None:
-    """Add the held-back field counts now (multiprocess mode: to the worker's file)."""
-    _fold_fields()
-
-
 async def fold_fields_every(interval: float = FIELDS_FLUSH_SECONDS) -> None:
     """Fold the held-back field counts every ``interval`` seconds, and once more when
     cancelled (the gateway runs this in multiprocess mode and cancels it on stop)."""
     try:
         while True:
             await asyncio.sleep(interval)
-            _fold_fields()
+            fold_fields()
     finally:
-        _fold_fields()
+        fold_fields()
 
 
 class _FoldFirst:
@@ -160,7 +156,7 @@ FIELDS: Final = Counter(
     ("policy", "rule", "action"),
     registry=None,  # registered here (its place in the exposition) behind its fold
 )
-REGISTRY.register(_FoldFirst(FIELDS, _fold_fields))
+REGISTRY.register(_FoldFirst(FIELDS, fold_fields))
 RECORDS: Final = Counter(
     "gateway_records_total",
     "Customer records returned to callers, by route.",
@@ -377,7 +373,7 @@ def set_state_up(up: bool) -> None:
 def metrics_body() -> bytes:
     """The exposition text for ``/metrics`` (every worker's, in multiprocess mode)."""
     if MULTIPROC:
-        _fold_fields()  # this process's own counts, up to now
+        fold_fields()  # this process's own counts, up to now
         return merged_body(None)
     return generate_latest(REGISTRY)
 
