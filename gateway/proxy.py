@@ -85,11 +85,16 @@ def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
         own.append((cfg.identity_headers.subject, principal.subject))
     if principal is not None:
         own.append((cfg.identity_headers.clearance, principal.level_name))
-    own.extend(ex.route.upstream.config.headers.items())
+    static = ex.route.upstream.config.headers
     policy = ex.route.policy is not None
     if policy:
+        # Not even the upstream's static headers may ask for part of a body or for
+        # "not modified" (see _strip).
+        own.extend((k, v) for k, v in static.items() if k.lower() not in _POLICY_STRIPPED)
         # Ask for no compression: the body is decoded (capped) anyway if it comes compressed.
         own.append(("Accept-Encoding", "identity"))
+    else:
+        own.extend(static.items())
     return upstream_request_headers(
         ex.request.headers,
         # Each hop appends the peer it heard from (the chain's own convention).
@@ -136,6 +141,7 @@ POLICY_STRIPPED_REQUEST_HEADERS = (
     "If-Match",
     "If-Unmodified-Since",
 )
+_POLICY_STRIPPED = frozenset(h.lower() for h in POLICY_STRIPPED_REQUEST_HEADERS)
 
 
 async def forward(ex: Exchange) -> web.StreamResponse:

@@ -69,7 +69,14 @@ async def env(upstream_factory: UpstreamFactory) -> Any:
     config = Config.model_validate(
         {
             "listen": "127.0.0.1:0",
-            "upstreams": {"app": {"url": url, "timeout": 5}},
+            # Static upstream headers: kept, except those a policy route never sends.
+            "upstreams": {
+                "app": {
+                    "url": url,
+                    "timeout": 5,
+                    "headers": {"X-Static": "s", "Range": "bytes=0-1", "If-Match": '"v0"'},
+                }
+            },
             "routes": [
                 {
                     "name": "csv",
@@ -227,8 +234,9 @@ async def test_range_and_conditionals_never_reach_the_upstream(env: Any) -> None
         assert orjson.loads(await resp.read()) == {"data": [MASKED]}
         assert "Accept-Ranges" not in resp.headers and "ETag" not in resp.headers
     seen = up.seen[0][1]
-    for h in headers:
+    for h in (*headers, "If-Match"):
         assert h not in seen
+    assert seen["X-Static"] == "s"
 
 
 async def test_head_describes_the_masked_body(env: Any) -> None:
