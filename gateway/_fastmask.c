@@ -1861,6 +1861,24 @@ fail:
 
 /* mask(program, records_program | None, id_key bytes | None, body, max_depth, number_type)
    -> (masked bytes, counts list, records int, ids list) | None */
+/* The records program and id key of a mask()/mask_elements() call (None: no
+   records), with the records state it starts in checked; -1 with an exception. */
+static int set_records(Ctx *c, PyObject *rec_o, PyObject *idk, int rs) {
+    if (rec_o == Py_None) return 0;
+    if (!PyObject_TypeCheck(rec_o, &ProgramType) || !PyBytes_Check(idk)) {
+        PyErr_SetString(PyExc_TypeError, "records program needs an id key");
+        return -1;
+    }
+    c->rec = (Program *)rec_o;
+    c->id_key = PyBytes_AS_STRING(idk);
+    c->id_len = PyBytes_GET_SIZE(idk);
+    if (rs < -1 || rs >= c->rec->nstates) {
+        PyErr_SetString(PyExc_ValueError, "records state out of range");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *fm_mask(PyObject *mod, PyObject *args) {
     Program *prog;
     PyObject *rec_o, *idk, *number_type;
@@ -1886,20 +1904,9 @@ static PyObject *fm_mask(PyObject *mod, PyObject *args) {
     c.prog = prog;
     c.number_type = number_type;
     PyObject *result = NULL;
-    if (rec_o != Py_None) {
-        if (!PyObject_TypeCheck(rec_o, &ProgramType) || !PyBytes_Check(idk)) {
-            PyErr_SetString(PyExc_TypeError, "mask: records program needs an id key");
-            PyBuffer_Release(&body);
-            return NULL;
-        }
-        c.rec = (Program *)rec_o;
-        c.id_key = PyBytes_AS_STRING(idk);
-        c.id_len = PyBytes_GET_SIZE(idk);
-        if (rs0 < -1 || rs0 >= c.rec->nstates) {
-            PyErr_SetString(PyExc_ValueError, "mask: records state out of range");
-            PyBuffer_Release(&body);
-            return NULL;
-        }
+    if (set_records(&c, rec_o, idk, rs0) < 0) {
+        PyBuffer_Release(&body);
+        return NULL;
     }
     c.counts = PyMem_Calloc((size_t)prog->nactions + 1, sizeof(Py_ssize_t));
     c.ids = PyList_New(0);
@@ -2093,19 +2100,7 @@ static PyObject *fm_mask_elements(PyObject *mod, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "mask_elements: argument out of range");
         goto done;
     }
-    if (rec_o != Py_None) {
-        if (!PyObject_TypeCheck(rec_o, &ProgramType) || !PyBytes_Check(idk)) {
-            PyErr_SetString(PyExc_TypeError, "mask_elements: records program needs an id key");
-            goto done;
-        }
-        c.rec = (Program *)rec_o;
-        c.id_key = PyBytes_AS_STRING(idk);
-        c.id_len = PyBytes_GET_SIZE(idk);
-        if (rs_arr < -1 || rs_arr >= c.rec->nstates) {
-            PyErr_SetString(PyExc_ValueError, "mask_elements: records state out of range");
-            goto done;
-        }
-    }
+    if (set_records(&c, rec_o, idk, rs_arr) < 0) goto done;
     c.max_depth = max_depth;
     c.prog = prog;
     c.number_type = number_type;
